@@ -1,0 +1,1 @@
+"""Triton kernels for muse_fast.ops.nt_xent — not written yet."""

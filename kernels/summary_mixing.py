@@ -1,0 +1,1 @@
+"""Triton kernels for muse_fast.ops.summary_mixing — not written yet."""

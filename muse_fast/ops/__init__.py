@@ -1,0 +1,24 @@
+"""Drop-in functional ops. Each has an eager ``*_reference`` (the ground truth) and dispatches
+to Triton (CUDA), C++ (CPU) or the reference; see :mod:`muse_fast._backend`."""
+
+from .._backend import available_backends, registered_ops
+from .masking import *  # noqa: F403
+from .masking import __all__ as _masking_all
+from .mel import *  # noqa: F403
+from .mel import __all__ as _mel_all
+from .nt_xent import *  # noqa: F403
+from .nt_xent import __all__ as _nt_xent_all
+from .quantize import *  # noqa: F403
+from .quantize import __all__ as _quantize_all
+from .summary_mixing import *  # noqa: F403
+from .summary_mixing import __all__ as _summary_mixing_all
+
+__all__ = [
+    "available_backends",
+    "registered_ops",
+    *_masking_all,
+    *_mel_all,
+    *_nt_xent_all,
+    *_quantize_all,
+    *_summary_mixing_all,
+]

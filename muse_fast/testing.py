@@ -1,0 +1,84 @@
+"""Shared test utilities: tolerances per dtype, the reference-error rule, output poisoning.
+
+Every op test imports these, so all ops are judged by one rule (FlagGems-style tolerance table,
+flash-attention's comparison against eager PyTorch's own error).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Absolute / relative tolerance of a kernel against a reference computed in the same dtype.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-8),
+    torch.float32: (1e-5, 1.3e-5),
+    torch.float16: (1e-3, 1e-3),
+    torch.bfloat16: (1e-2, 1.6e-2),
+}
+
+
+def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """(atol, rtol) for ``dtype``."""
+    return TOLERANCES[dtype]
+
+
+def assert_close(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    *,
+    atol: float | None = None,
+    rtol: float | None = None,
+    msg: str = "",
+) -> None:
+    """``torch.testing.assert_close`` with the tolerance of ``dtype`` (default: ``actual``'s dtype)."""
+    a, r = tolerance(dtype or actual.dtype)
+    torch.testing.assert_close(
+        actual.to(expected.dtype) if actual.dtype != expected.dtype else actual,
+        expected,
+        atol=a if atol is None else atol,
+        rtol=r if rtol is None else rtol,
+        equal_nan=False,
+        msg=(lambda m: f"{msg}\n{m}") if msg else None,
+    )
+
+
+def max_abs_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def assert_within_eager_error(
+    kernel_out: torch.Tensor,
+    eager_out: torch.Tensor,
+    reference_out: torch.Tensor,
+    *,
+    factor: float = 2.0,
+    atol: float = 1e-6,
+    msg: str = "",
+) -> None:
+    """flash-attention's rule for low-precision kernels.
+
+    ``reference_out`` is the op in float32/float64 on upcast inputs; ``eager_out`` is eager PyTorch
+    in the kernel's dtype. The kernel may be at most ``factor`` times as far from the reference as
+    eager PyTorch is, plus ``atol``.
+    """
+    k_err = max_abs_err(kernel_out, reference_out)
+    e_err = max_abs_err(eager_out, reference_out)
+    assert k_err <= factor * e_err + atol, (
+        f"{msg}kernel error {k_err:.3e} > {factor} x eager error {e_err:.3e} + {atol:.1e}"
+    )
+
+
+def poison(t: torch.Tensor) -> torch.Tensor:
+    """Fill ``t`` in place with a value a kernel must overwrite (NaN for floats, -7 for ints)."""
+    if t.is_floating_point():
+        return t.fill_(float("nan"))
+    if t.dtype == torch.bool:
+        return t.fill_(True)
+    return t.fill_(-7)
+
+
+def empty_poisoned(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """``torch.empty`` filled by :func:`poison`; kernels' launchers use it when
+    ``MUSE_FAST_POISON=1`` so tests catch outputs a kernel forgot to write."""
+    return poison(torch.empty(*shape, dtype=dtype, device=device))
