@@ -134,7 +134,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     tr = terminalreporter
     tr.section("muse_fast: fused vs baselines (ratio > 1: fused is faster / leaner)")
-    for module, rows in _ROWS.items():
+    for rows in _ROWS.values():
         for q in ratio_table([r.__dict__ for r in rows]):
             sp = f"{q['speedup']:.2f}x" if q["speedup"] else "-"
             mem = f"{q['memory_ratio']:.2f}x" if q["memory_ratio"] else "-"

@@ -6,6 +6,8 @@ Triton, CPU tensors to C++ (where a kernel exists) and otherwise to its referenc
 :func:`backend` or ``MUSE_FAST_BACKEND`` forces one.
 """
 
+from . import nn, ops  # noqa: E402  (after the dispatcher they use)
+from .__version__ import __version__
 from ._backend import (
     BACKENDS,
     BackendUnavailableError,
@@ -14,9 +16,6 @@ from ._backend import (
     backend,
     forced_backend,
 )
-from .__version__ import __version__
-
-from . import nn, ops  # noqa: E402  (after the dispatcher they use)
 
 __all__ = [
     "BACKENDS",
