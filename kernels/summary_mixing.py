@@ -1,1 +1,379 @@
-"""Triton kernels for muse_fast.ops.summary_mixing — not written yet."""
+"""Triton kernels for :mod:`muse_fast.ops.summary_mixing` (no autograd, no dispatch).
+
+Two fused pieces of SummaryMixing; the big matmuls stay in cuBLAS (torch):
+
+* **masked mean over time** — ``s̄[b] = Σ_t m[b,t]·S[b,t] / max(Σ_t m[b,t], 1)`` for a
+  (B, T, D) tensor of any strides, with its backward ``dS[b,t] = m[b,t]·ds̄[b] / max(n_b, 1)``;
+* **add + GELU + mask** — ``z = H + g[b]`` (``g`` = ``W_s·s̄ + b``, one row per utterance,
+  broadcast over time), ``y = GELU(z)`` (exact, erf) and ``y = 0`` at padded frames, writing
+  ``z`` over ``H`` in place (the caller owns ``H``; it is saved for the backward); its backward
+  ``dz = m·dy·GELU'(z)`` also reduces ``dg = Σ_t dz`` per time chunk (fp32 partial sums the
+  launcher adds up), so no (B, T, 2D) tensor ever exists.
+
+Accumulation is fp32 (fp64 for fp64 inputs). Masks are passed as uint8 views of bool tensors.
+Block sizes: whole rows per program under ``TRITON_INTERPRET=1`` (CPU tensors), GPU-sized
+tiles otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from muse_fast._alloc import empty
+
+_INV_SQRT2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _masked_mean_fwd_kernel(
+    S,
+    M,
+    OUT,
+    T,
+    D,
+    T_CHUNK,
+    s_b,
+    s_t,
+    s_d,
+    m_b,
+    out_b,
+    out_c,
+    HAS_MASK: tl.constexpr,
+    FINAL: tl.constexpr,
+    IS_F64: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """One program: utterance ``b``, time chunk ``c`` (T_CHUNK frames), BLOCK_D features.
+
+    FINAL (one chunk covers all of T): writes the mean in OUT's dtype. Otherwise writes fp32
+    (fp64) partial sums OUT[b, c, d] that the launcher adds up and divides.
+    """
+    b = tl.program_id(0)
+    c = tl.program_id(1)
+    pid_d = tl.program_id(2)
+    acc_t = tl.float64 if IS_F64 else tl.float32
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    acc = tl.zeros([BLOCK_D], dtype=acc_t)
+    cnt = tl.zeros([BLOCK_T], dtype=acc_t)
+    t_start = c * T_CHUNK
+    t_end = tl.minimum(t_start + T_CHUNK, T)
+    for t0 in range(t_start, t_end, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        t_ok = offs_t < t_end
+        if HAS_MASK:
+            mv = tl.load(M + b * m_b + offs_t, mask=t_ok, other=0) != 0
+            t_ok = t_ok & mv
+        cnt += t_ok.to(acc_t)
+        ptrs = S + b * s_b + offs_t[:, None] * s_t + offs_d[None, :] * s_d
+        ok = t_ok[:, None] & d_ok[None, :]
+        x = tl.load(ptrs, mask=ok, other=0.0).to(acc_t)
+        acc += tl.sum(tl.where(ok, x, 0.0), axis=0)
+    if FINAL:
+        n = tl.maximum(tl.sum(cnt, axis=0), 1.0)
+        res = acc / n
+        tl.store(OUT + b * out_b + offs_d, res.to(OUT.dtype.element_ty), mask=d_ok)
+    else:
+        tl.store(OUT + b * out_b + c * out_c + offs_d, acc, mask=d_ok)
+
+
+@triton.jit
+def _masked_mean_bwd_kernel(
+    DMEAN,
+    INV,
+    M,
+    DX,
+    T,
+    D,
+    m_b,
+    HAS_MASK: tl.constexpr,
+    IS_F64: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """dX[b, t, d] = m[b, t] · dmean[b, d] · inv[b]  (DX contiguous (B, T, D))."""
+    b = tl.program_id(0)
+    pid_t = tl.program_id(1)
+    pid_d = tl.program_id(2)
+    acc_t = tl.float64 if IS_F64 else tl.float32
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    t_ok = offs_t < T
+    d_ok = offs_d < D
+    g = tl.load(DMEAN + b * D + offs_d, mask=d_ok, other=0.0).to(acc_t)
+    inv = tl.load(INV + b).to(acc_t)
+    g = g * inv
+    keep = t_ok
+    if HAS_MASK:
+        keep = keep & (tl.load(M + b * m_b + offs_t, mask=t_ok, other=0) != 0)
+    val = tl.where(keep[:, None], g[None, :], 0.0)
+    ptrs = DX + b * T * D + offs_t[:, None] * D + offs_d[None, :]
+    tl.store(ptrs, val.to(DX.dtype.element_ty), mask=t_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _add_gelu_mask_fwd_kernel(
+    H,
+    G,
+    M,
+    Y,
+    T,
+    D,
+    m_b,
+    HAS_MASK: tl.constexpr,
+    IS_F64: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """z = H + G[b] (stored over H), Y = GELU(z), 0 at padded frames (H, Y contiguous)."""
+    b = tl.program_id(0)
+    pid_t = tl.program_id(1)
+    pid_d = tl.program_id(2)
+    acc_t = tl.float64 if IS_F64 else tl.float32
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    t_ok = offs_t < T
+    d_ok = offs_d < D
+    ok = t_ok[:, None] & d_ok[None, :]
+    g = tl.load(G + b * D + offs_d, mask=d_ok, other=0.0).to(acc_t)
+    off = b * T * D + offs_t[:, None] * D + offs_d[None, :]
+    h = tl.load(H + off, mask=ok, other=0.0).to(acc_t)
+    z = h + g[None, :]
+    y = 0.5 * z * (1.0 + tl.math.erf(z * _INV_SQRT2))
+    if HAS_MASK:
+        keep = tl.load(M + b * m_b + offs_t, mask=t_ok, other=0) != 0
+        y = tl.where(keep[:, None], y, 0.0)
+    tl.store(H + off, z.to(H.dtype.element_ty), mask=ok)
+    tl.store(Y + off, y.to(Y.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _add_gelu_mask_bwd_kernel(
+    DY,
+    Z,
+    M,
+    DZ,
+    DG,
+    T,
+    D,
+    T_CHUNK,
+    m_b,
+    dg_b,
+    dg_c,
+    HAS_MASK: tl.constexpr,
+    IS_F64: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """dz = m · dy · GELU'(z) (DZ, DY, Z contiguous); DG[b, c, d] = Σ_{t in chunk c} dz."""
+    b = tl.program_id(0)
+    c = tl.program_id(1)
+    pid_d = tl.program_id(2)
+    acc_t = tl.float64 if IS_F64 else tl.float32
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    acc = tl.zeros([BLOCK_D], dtype=acc_t)
+    t_start = c * T_CHUNK
+    t_end = tl.minimum(t_start + T_CHUNK, T)
+    for t0 in range(t_start, t_end, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        t_ok = offs_t < t_end
+        ok = t_ok[:, None] & d_ok[None, :]
+        off = b * T * D + offs_t[:, None] * D + offs_d[None, :]
+        dy = tl.load(DY + off, mask=ok, other=0.0).to(acc_t)
+        z = tl.load(Z + off, mask=ok, other=0.0).to(acc_t)
+        cdf = 0.5 * (1.0 + tl.math.erf(z * _INV_SQRT2))
+        pdf = tl.exp(-0.5 * z * z) * _INV_SQRT_2PI
+        dz = dy * (cdf + z * pdf)
+        keep = ok
+        if HAS_MASK:
+            mv = tl.load(M + b * m_b + offs_t, mask=t_ok, other=0) != 0
+            keep = keep & mv[:, None]
+        dz = tl.where(keep, dz, 0.0)
+        dz_st = dz.to(DZ.dtype.element_ty)
+        tl.store(DZ + off, dz_st, mask=ok)
+        acc += tl.sum(dz, axis=0)
+    tl.store(DG + b * dg_b + c * dg_c + offs_d, acc, mask=d_ok)
+
+
+# --------------------------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------------------------
+
+
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _blocks(t: torch.Tensor, T: int, D: int) -> tuple[int, int]:
+    """(BLOCK_T, BLOCK_D): whole rows under the interpreter, GPU tiles otherwise."""
+    if t.device.type == "cpu":  # interpreter: few, large programs
+        bd = min(_pow2(D), 1024)
+        bt = max(1, min(_pow2(T), 16384 // bd))
+        return bt, bd
+    return 16, min(_pow2(D), 128)
+
+
+def _mask_u8(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int]:
+    if mask is None:
+        return like, 0  # never read (HAS_MASK=False)
+    m = mask.contiguous().view(torch.uint8)
+    return m, m.stride(0)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, D) any strides, mask (B, T) bool or None → (B, D) in x's dtype."""
+    B, T, D = x.shape
+    bt, bd = _blocks(x, T, D)
+    if x.device.type == "cpu":
+        n_chunks = 1
+    else:
+        # split time when (B x feature blocks) alone cannot fill the GPU
+        want = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
+        n_chunks = max(1, min(triton.cdiv(T, 4 * bt), want // max(1, B * triton.cdiv(D, bd))))
+    t_chunk = triton.cdiv(T, n_chunks)
+    n_chunks = triton.cdiv(T, t_chunk)
+    m, m_b = _mask_u8(mask, x)
+    final = n_chunks == 1
+    if final:
+        out = empty(B, D, dtype=x.dtype, device=x.device)
+        out_b, out_c = out.stride(0), 0
+    else:
+        out = empty(B, n_chunks, D, dtype=_acc_dtype(x.dtype), device=x.device)
+        out_b, out_c = out.stride(0), out.stride(1)
+    grid = (B, n_chunks, triton.cdiv(D, bd))
+    _masked_mean_fwd_kernel[grid](
+        x,
+        m,
+        out,
+        T,
+        D,
+        t_chunk,
+        x.stride(0),
+        x.stride(1),
+        x.stride(2),
+        m_b,
+        out_b,
+        out_c,
+        HAS_MASK=mask is not None,
+        FINAL=final,
+        IS_F64=x.dtype == torch.float64,
+        BLOCK_T=bt,
+        BLOCK_D=bd,
+    )
+    if final:
+        return out
+    n = (
+        mask.sum(1, dtype=out.dtype)
+        if mask is not None
+        else torch.full((B,), T, dtype=out.dtype, device=x.device)
+    )
+    return (out.sum(1) / n.clamp_min(1).unsqueeze(1)).to(x.dtype)
+
+
+def masked_mean_backward(
+    dmean: torch.Tensor, mask: torch.Tensor | None, T: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """dmean (B, D) → dX (B, T, D) contiguous in ``dtype``."""
+    dmean = dmean.contiguous()
+    B, D = dmean.shape
+    acc = _acc_dtype(dtype)
+    if mask is not None:
+        inv = 1.0 / mask.sum(1, dtype=acc).clamp_min(1)
+    else:
+        inv = torch.full((B,), 1.0 / max(T, 1), dtype=acc, device=dmean.device)
+    dx = empty(B, T, D, dtype=dtype, device=dmean.device)
+    bt, bd = _blocks(dmean, T, D)
+    m, m_b = _mask_u8(mask, dmean)
+    grid = (B, triton.cdiv(T, bt), triton.cdiv(D, bd))
+    _masked_mean_bwd_kernel[grid](
+        dmean,
+        inv,
+        m,
+        dx,
+        T,
+        D,
+        m_b,
+        HAS_MASK=mask is not None,
+        IS_F64=dtype == torch.float64,
+        BLOCK_T=bt,
+        BLOCK_D=bd,
+    )
+    return dx
+
+
+def add_gelu_mask(
+    h: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """h (B, T, D) contiguous, owned by the caller; g (B, D) → (y, z) with z written over h."""
+    assert h.is_contiguous()
+    B, T, D = h.shape
+    g = g.contiguous()
+    y = empty(B, T, D, dtype=h.dtype, device=h.device)
+    bt, bd = _blocks(h, T, D)
+    m, m_b = _mask_u8(mask, h)
+    grid = (B, triton.cdiv(T, bt), triton.cdiv(D, bd))
+    _add_gelu_mask_fwd_kernel[grid](
+        h,
+        g,
+        m,
+        y,
+        T,
+        D,
+        m_b,
+        HAS_MASK=mask is not None,
+        IS_F64=h.dtype == torch.float64,
+        BLOCK_T=bt,
+        BLOCK_D=bd,
+    )
+    return y, h
+
+
+def add_gelu_mask_backward(
+    dy: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dz (B, T, D) in z's dtype, dg = Σ_t dz (B, D) in the accumulation dtype)."""
+    dy = dy.contiguous()
+    z = z.contiguous()
+    B, T, D = z.shape
+    bt, bd = _blocks(z, T, D)
+    if z.device.type == "cpu":
+        t_chunk = T
+    else:
+        t_chunk = max(bt, 8 * bt)
+    n_chunks = triton.cdiv(T, t_chunk)
+    dz = empty(B, T, D, dtype=z.dtype, device=z.device)
+    dg = empty(B, n_chunks, D, dtype=_acc_dtype(z.dtype), device=z.device)
+    m, m_b = _mask_u8(mask, z)
+    grid = (B, n_chunks, triton.cdiv(D, bd))
+    _add_gelu_mask_bwd_kernel[grid](
+        dy,
+        z,
+        m,
+        dz,
+        dg,
+        T,
+        D,
+        t_chunk,
+        m_b,
+        dg.stride(0),
+        dg.stride(1),
+        HAS_MASK=mask is not None,
+        IS_F64=z.dtype == torch.float64,
+        BLOCK_T=bt,
+        BLOCK_D=bd,
+    )
+    return dz, (dg[:, 0] if n_chunks == 1 else dg.sum(1))
