@@ -1,1 +1,42 @@
-"""Not written yet."""
+"""Datasets for pre-training and evaluation.
+
+* :class:`AudioFolder` — random crops from a folder of audio files (wav / flac / ogg / mp3),
+  resampled and mixed to mono, bad files skipped and counted.
+* :class:`SyntheticMusic` — the default corpus: music-like tracks generated on the fly with exact
+  key / tempo / beat / chord labels (and per-frame label helpers for local tasks).
+* :class:`ResumableSampler` — the DistributedSampler-style key stream both datasets read, which
+  makes DataLoader randomness a function of ``(seed, epoch, index)`` so training resumes exactly.
+"""
+
+from .audio_folder import AUDIO_EXTENSIONS, AudioFolder, load_audio
+from .sampler import ResumableSampler, crop_seed
+from .synthetic import (
+    CHORD_NAMES,
+    KEY_NAMES,
+    NO_CHORD,
+    PITCH_NAMES,
+    SyntheticMusic,
+    beat_activations,
+    chord_class,
+    chord_frames,
+    crop_labels,
+    frame_labels,
+)
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "CHORD_NAMES",
+    "KEY_NAMES",
+    "NO_CHORD",
+    "PITCH_NAMES",
+    "AudioFolder",
+    "ResumableSampler",
+    "SyntheticMusic",
+    "beat_activations",
+    "chord_class",
+    "chord_frames",
+    "crop_labels",
+    "crop_seed",
+    "frame_labels",
+    "load_audio",
+]
