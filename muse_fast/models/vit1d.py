@@ -1,0 +1,158 @@
+"""ViT-1D (Kong, Meseguer-Brocal, Lostanlen, Lagrange & Hennequin, ISMIR 2025): a small vision
+transformer on one-dimensional (128 × 1) mel patches, trained with NT-Xent on its class token.
+
+* Patches: one token per mel frame — ``Conv1d(128 → 192, kernel 1)`` over frames.
+* Class token (position 0): a learnable vector plus the mean of the sequence tokens.
+* Fixed 2-D sinusoidal positional encoding over the 1 × (frames + 1) token row (SimpleViT's
+  layout, :func:`posemb_sincos_2d`), added to every token including the class token.
+* 12 pre-norm blocks, 3 heads of 64, dim 192, MLP 768 (4 × dim), a final LayerNorm.
+* Loss: NT-Xent (τ = 0.1) between the class tokens of two 4 s segments of the same track
+  (no projection head). Segments: the ``myna`` mel preset (16 kHz, hop 512), 64 000 samples →
+  ``1 + 64000 // 512 = 126`` frames, 128 × 126.
+* Embeddings: ``pooling="cls"`` (class token), ``"mean"`` (mean of all tokens, class token
+  included — better for global tasks in the paper) and ``embed_frames`` (sequence tokens, one per
+  mel frame, for local tasks such as beats and chords).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import _common as C
+from ._ops import mnn
+
+__all__ = ["VIT1D_SIZES", "ViT1D", "ViT1DConfig"]
+
+VIT1D_SIZES: dict[str, dict[str, int]] = {
+    "base": dict(dim=192, depth=12, heads=3, dim_head=64, mlp_dim=768),
+    "tiny": dict(dim=64, depth=2, heads=2, dim_head=32, mlp_dim=128),
+}
+
+
+@dataclass
+class ViT1DConfig:
+    size: str = "base"
+    dim: int = 192
+    depth: int = 12
+    heads: int = 3
+    dim_head: int = 64
+    mlp_dim: int = 768
+    n_mels: int = 128
+    n_frames: int = 126  # frames per training segment
+    sample_rate: int = 16000
+    segment_samples: int = 64000  # 4 s → 1 + 64000 // 512 = 126 frames
+    temperature: float = 0.1
+    pooling: str = "cls"  # default embedding: "cls" | "mean" (all tokens)
+    use_fused: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling: expected 'cls' or 'mean', got {self.pooling!r}")
+        if self.dim % 4:
+            raise ValueError(f"dim: the sin-cos embedding needs a multiple of 4, got {self.dim}")
+        frames = 1 + self.segment_samples // 512
+        if frames < self.n_frames:
+            raise ValueError(
+                f"segment_samples: {self.segment_samples} samples give {frames} mel frames, "
+                f"fewer than n_frames={self.n_frames}"
+            )
+
+
+class ViT1D(C.EncoderModel):
+    """ViT-1D encoder + NT-Xent on the class token. See the module docstring."""
+
+    n_views = 2
+
+    def __init__(self, config: ViT1DConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or ViT1DConfig()
+        self.sample_rate = cfg.sample_rate
+        self.segment_samples = cfg.segment_samples
+        self.frame_hop = 512
+        self.embed_dim = cfg.dim
+        self.to_patch = nn.Conv1d(cfg.n_mels, cfg.dim, kernel_size=1)  # 128 × 1 patches
+        self.cls_token = nn.Parameter(torch.randn(cfg.dim) * 0.02)
+        self.transformer = C.Transformer(cfg.dim, cfg.depth, cfg.heads, cfg.dim_head, cfg.mlp_dim)
+        self.mel = mnn.MelSpectrogram(preset="myna", n_mels=cfg.n_mels)
+        self.criterion = mnn.NTXentLoss(temperature=cfg.temperature)
+        self.register_buffer(
+            "pos", C.posemb_sincos_2d(1, cfg.n_frames + 1, cfg.dim), persistent=False
+        )
+
+    def spectrogram(self, audio: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        with torch.autocast(audio.device.type, enabled=False):
+            spec = self.mel(audio.float())
+        return spec if frames is None else spec[..., :frames].contiguous()
+
+    def _encode(self, spec: torch.Tensor, layers: list[int] | None = None) -> Any:
+        """spec (B, n_mels, T) → tokens (B, 1 + T, D), class token first."""
+        x = self.to_patch(spec).transpose(1, 2)  # (B, T, D)
+        cls = self.cls_token.to(x.dtype) + x.mean(dim=1, keepdim=True)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1)
+        n = x.shape[1]
+        pos = self.pos if n == self.pos.shape[0] else C.posemb_sincos_2d(1, n, x.shape[-1])
+        x = x + pos.to(device=x.device, dtype=x.dtype)
+        return self.transformer(x, layers)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """NT-Xent between the class tokens of the two views; ``batch["audio"]`` (B, 2, samples)."""
+        cfg = self.config
+        audio = C.check_audio(
+            "batch['audio']",
+            C.get_audio(batch),
+            ndim=3,
+            min_samples=cfg.segment_samples,
+            n_views=2,
+        )
+        b = audio.shape[0]
+        with self._backend():
+            views = torch.cat([audio[:, 0], audio[:, 1]])[:, : cfg.segment_samples]
+            z = self._encode(self.spectrogram(views, cfg.n_frames))[:, 0].float()  # (2B, D)
+            return self.criterion(z[:b], z[b:])
+
+    forward = loss
+
+    def _hidden(self, audio, layer, sample_rate):
+        C.check_sample_rate(sample_rate, self.sample_rate)
+        C.check_audio("audio", audio, ndim=2, min_samples=1)
+        layers, as_list = C.resolve_layers(layer, self.config.depth)
+        with self._backend():
+            _, outs = self._encode(self.spectrogram(audio), layers)
+        return outs, as_list
+
+    def embed(
+        self,
+        audio: torch.Tensor,
+        layer: C.Layer = None,
+        *,
+        pooling: str | None = None,
+        sample_rate: int | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """(B, samples) → (B, D): the class token (``pooling="cls"``) or the mean of all tokens
+        (``"mean"``) of the chosen layer (default ``config.pooling``, last layer)."""
+        pooling = pooling or self.config.pooling
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling: expected 'cls' or 'mean', got {pooling!r}")
+        outs, as_list = self._hidden(audio, layer, sample_rate)
+        pooled = [o[:, 0] if pooling == "cls" else o.mean(dim=1) for o in outs]
+        return pooled if as_list else pooled[0]
+
+    def embed_frames(
+        self, audio: torch.Tensor, layer: C.Layer = None, *, sample_rate: int | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Sequence tokens (B, T, D), one per mel frame (hop 512 samples = 32 ms)."""
+        outs, as_list = self._hidden(audio, layer, sample_rate)
+        seq = [o[:, 1:] for o in outs]
+        return seq if as_list else seq[0]
+
+
+def vit1d_config(size: str = "base", **overrides: Any) -> ViT1DConfig:
+    if size not in VIT1D_SIZES:
+        raise ValueError(f"size: expected one of {list(VIT1D_SIZES)} for ViT-1D, got {size!r}")
+    base = dict(size=size, **VIT1D_SIZES[size])
+    base.update(overrides)
+    return ViT1DConfig(**base)
