@@ -1,4 +1,353 @@
-// CPU kernels for muse_fast.ops.quantize (not written yet).
+// CPU kernel for muse_fast.ops.quantize: the BEST-RQ random-projection quantizer.
+//
+//   out[r, g] = argmax_i <C^_g[i], normalize(x[r] . A_g)>      (ties -> lowest i)
+//
+// x (N, d) in float32 / bfloat16 / float16 with any row / column strides; A (G, d, h) float32
+// contiguous; C^ (G, n, h) float32 contiguous and ALREADY row-normalized (the op layer does that
+// once on the host, n x h is cheap); out (N, G) int64 contiguous.
+//
+// Layout of the work (no N x n buffer anywhere; scratch is O(threads x block) + O(G n h)):
+//   * OpenMP over blocks of kRowBlock rows. A block's rows are gathered into an fp32 scratch
+//     (this converts bf16/fp16 and handles strides), projected (x . A, fp32 FMA with 8 independent
+//     chains) and L2-normalized.
+//   * The normalized codebook is packed once per call in groups of 16 codes:
+//     packed[((grp * h) + k) * 16 + lane] = C^[grp * 16 + lane][k], so one code group is two AVX2
+//     registers per k. Lanes past n are NaN: their scores are NaN and never win a strict '>' compare,
+//     so the ragged tail needs no masking.
+//   * The codebook is walked in tiles of kTileGroups groups (256 codes, 16 KiB for h = 16) that
+//     stay in L1 while every row of the block is scored against them, kRowsPerPass rows at a time
+//     (register block: rows x 16 codes of accumulators).
+//   * Running arg-max per row and per lane (16 lanes): lane l sees codes l, l+16, l+32, ... in
+//     increasing order and only a strictly greater score replaces its best, so each lane holds
+//     its lowest maximizing index; the final 16-lane reduction takes the largest score and, among
+//     equal scores, the lowest index. Hence ties resolve to the lowest index overall, as
+//     torch.argmin / argmax do. A zero row (x A = 0) scores 0 everywhere and returns 0.
+//   * A row with NaN scores everywhere (NaN in x) returns 0.
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <vector>
+
 #include "common.h"
 
-void init_quantize(py::module_& m) { (void)m; }
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define MUSE_RPQ_AVX2 1
+#endif
+
+namespace {
+
+constexpr int kLanes = 16;        // codes per group
+constexpr int kRowBlock = 64;     // rows per OpenMP task
+constexpr int kRowsPerPass = 4;   // rows scored together against one code group
+constexpr int kTileGroups = 16;   // code groups per L1 tile (256 codes)
+
+struct AlignedFree {
+    void operator()(float* p) const { std::free(p); }
+};
+using FloatBuf = std::unique_ptr<float, AlignedFree>;
+
+FloatBuf alloc_floats(size_t count) {
+    const size_t bytes = ((count * sizeof(float) + 63) / 64) * 64;
+    void* p = std::aligned_alloc(64, bytes > 0 ? bytes : 64);
+    if (p == nullptr) throw std::bad_alloc();
+    return FloatBuf(static_cast<float*>(p));
+}
+
+// Gather rows [row0, row0 + rows) of x into dst (rows_pad x d, fp32); rows past `rows` are zero.
+template <typename T>
+void gather_rows(const T* x, int64_t row0, int rows, int rows_pad, int64_t d, int64_t s0,
+                 int64_t s1, float* dst) {
+    for (int r = 0; r < rows; ++r) {
+        const T* src = x + (row0 + r) * s0;
+        float* out = dst + static_cast<int64_t>(r) * d;
+        if (s1 == 1) {
+            for (int64_t k = 0; k < d; ++k) out[k] = muse::to_float(src[k]);
+        } else {
+            for (int64_t k = 0; k < d; ++k) out[k] = muse::to_float(src[k * s1]);
+        }
+    }
+    std::fill(dst + static_cast<int64_t>(rows) * d, dst + static_cast<int64_t>(rows_pad) * d,
+              0.0f);
+}
+
+// y[r, :] = xf[r, :] . Ap for rows_pad rows (a multiple of kRowsPerPass). Ap is (d, h8), h8 a
+// multiple of 8 with zero columns past h; y is (rows_pad, h8).
+void project_rows(const float* xf, int rows_pad, int64_t d, const float* Ap, int h8, float* y) {
+#ifdef MUSE_RPQ_AVX2
+    for (int r0 = 0; r0 < rows_pad; r0 += 4) {
+        const float* x0 = xf + (r0 + 0) * d;
+        const float* x1 = xf + (r0 + 1) * d;
+        const float* x2 = xf + (r0 + 2) * d;
+        const float* x3 = xf + (r0 + 3) * d;
+        int j = 0;
+        for (; j + 16 <= h8; j += 16) {  // 8 independent FMA chains
+            __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps();
+            __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+            __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps();
+            __m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps();
+            for (int64_t k = 0; k < d; ++k) {
+                const float* ap = Ap + k * h8 + j;
+                const __m256 c0 = _mm256_loadu_ps(ap), c1 = _mm256_loadu_ps(ap + 8);
+                __m256 b = _mm256_broadcast_ss(x0 + k);
+                a00 = _mm256_fmadd_ps(b, c0, a00);
+                a01 = _mm256_fmadd_ps(b, c1, a01);
+                b = _mm256_broadcast_ss(x1 + k);
+                a10 = _mm256_fmadd_ps(b, c0, a10);
+                a11 = _mm256_fmadd_ps(b, c1, a11);
+                b = _mm256_broadcast_ss(x2 + k);
+                a20 = _mm256_fmadd_ps(b, c0, a20);
+                a21 = _mm256_fmadd_ps(b, c1, a21);
+                b = _mm256_broadcast_ss(x3 + k);
+                a30 = _mm256_fmadd_ps(b, c0, a30);
+                a31 = _mm256_fmadd_ps(b, c1, a31);
+            }
+            float* yr = y + static_cast<int64_t>(r0) * h8 + j;
+            _mm256_storeu_ps(yr, a00);
+            _mm256_storeu_ps(yr + 8, a01);
+            _mm256_storeu_ps(yr + h8, a10);
+            _mm256_storeu_ps(yr + h8 + 8, a11);
+            _mm256_storeu_ps(yr + 2 * h8, a20);
+            _mm256_storeu_ps(yr + 2 * h8 + 8, a21);
+            _mm256_storeu_ps(yr + 3 * h8, a30);
+            _mm256_storeu_ps(yr + 3 * h8 + 8, a31);
+        }
+        for (; j < h8; j += 8) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+            for (int64_t k = 0; k < d; ++k) {
+                const __m256 c = _mm256_loadu_ps(Ap + k * h8 + j);
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + k), c, a0);
+                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(x1 + k), c, a1);
+                a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(x2 + k), c, a2);
+                a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(x3 + k), c, a3);
+            }
+            float* yr = y + static_cast<int64_t>(r0) * h8 + j;
+            _mm256_storeu_ps(yr, a0);
+            _mm256_storeu_ps(yr + h8, a1);
+            _mm256_storeu_ps(yr + 2 * h8, a2);
+            _mm256_storeu_ps(yr + 3 * h8, a3);
+        }
+    }
+#else
+    for (int r = 0; r < rows_pad; ++r) {
+        float* yr = y + static_cast<int64_t>(r) * h8;
+        std::fill(yr, yr + h8, 0.0f);
+        const float* xr = xf + r * d;
+        for (int64_t k = 0; k < d; ++k) {
+            const float a = xr[k];
+            const float* ap = Ap + k * h8;
+            for (int j = 0; j < h8; ++j) yr[j] += a * ap[j];
+        }
+    }
+#endif
+}
+
+// y[r] /= max(||y[r]||, eps), as torch.nn.functional.normalize.
+void normalize_rows(float* y, int rows_pad, int h, int h8) {
+    for (int r = 0; r < rows_pad; ++r) {
+        float* yr = y + static_cast<int64_t>(r) * h8;
+        float ss = 0.0f;
+        for (int k = 0; k < h; ++k) ss += yr[k] * yr[k];
+        const float denom = std::max(std::sqrt(ss), 1e-12f);
+        for (int k = 0; k < h; ++k) yr[k] = yr[k] / denom;
+    }
+}
+
+// Score kRowsPerPass rows against `groups` code groups starting at code `code0`, updating the
+// per-lane running maxima best[r * 16 + lane] / bidx[r * 16 + lane] (strict '>' keeps the
+// lowest index). H > 0: h known at compile time (the k loop unrolls); H == 0: runtime h.
+template <int H>
+void score_tile(const float* y, int h8, int h_rt, const float* packed, int groups, int32_t code0,
+                float* best, int32_t* bidx) {
+    constexpr int R = kRowsPerPass;
+    const int h = H > 0 ? H : h_rt;
+#ifdef MUSE_RPQ_AVX2
+    __m256 bv[R][2];
+    __m256i bi[R][2];
+    for (int r = 0; r < R; ++r) {
+        for (int v = 0; v < 2; ++v) {
+            bv[r][v] = _mm256_loadu_ps(best + r * kLanes + 8 * v);
+            bi[r][v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bidx + r * kLanes + 8 * v));
+        }
+    }
+    __m256i i0 = _mm256_add_epi32(_mm256_set1_epi32(code0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i i1 = _mm256_add_epi32(i0, _mm256_set1_epi32(8));
+    const __m256i step = _mm256_set1_epi32(kLanes);
+    for (int gi = 0; gi < groups; ++gi) {
+        const float* p = packed + static_cast<int64_t>(gi) * h * kLanes;
+        __m256 acc[R][2];
+        for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        for (int k = 0; k < h; ++k) {
+            const __m256 c0 = _mm256_load_ps(p + k * kLanes);
+            const __m256 c1 = _mm256_load_ps(p + k * kLanes + 8);
+            for (int r = 0; r < R; ++r) {
+                const __m256 b = _mm256_broadcast_ss(y + r * h8 + k);
+                acc[r][0] = _mm256_fmadd_ps(b, c0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(b, c1, acc[r][1]);
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            const __m256 m0 = _mm256_cmp_ps(acc[r][0], bv[r][0], _CMP_GT_OQ);
+            const __m256 m1 = _mm256_cmp_ps(acc[r][1], bv[r][1], _CMP_GT_OQ);
+            bv[r][0] = _mm256_blendv_ps(bv[r][0], acc[r][0], m0);
+            bv[r][1] = _mm256_blendv_ps(bv[r][1], acc[r][1], m1);
+            bi[r][0] = _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(bi[r][0]), _mm256_castsi256_ps(i0), m0));
+            bi[r][1] = _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(bi[r][1]), _mm256_castsi256_ps(i1), m1));
+        }
+        i0 = _mm256_add_epi32(i0, step);
+        i1 = _mm256_add_epi32(i1, step);
+    }
+    for (int r = 0; r < R; ++r) {
+        for (int v = 0; v < 2; ++v) {
+            _mm256_storeu_ps(best + r * kLanes + 8 * v, bv[r][v]);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(bidx + r * kLanes + 8 * v), bi[r][v]);
+        }
+    }
+#else
+    for (int gi = 0; gi < groups; ++gi) {
+        const float* p = packed + static_cast<int64_t>(gi) * h * kLanes;
+        for (int r = 0; r < R; ++r) {
+            float acc[kLanes] = {};
+            const float* yr = y + r * h8;
+            for (int k = 0; k < h; ++k) {
+                for (int l = 0; l < kLanes; ++l) acc[l] += yr[k] * p[k * kLanes + l];
+            }
+            for (int l = 0; l < kLanes; ++l) {
+                if (acc[l] > best[r * kLanes + l]) {  // false for NaN (padding lanes)
+                    best[r * kLanes + l] = acc[l];
+                    bidx[r * kLanes + l] = code0 + gi * kLanes + l;
+                }
+            }
+        }
+    }
+#endif
+}
+
+// Largest score over the 16 lanes; among equal scores the lowest index.
+inline int64_t reduce_lanes(const float* best, const int32_t* bidx) {
+    float bv = best[0];
+    int32_t bi = bidx[0];
+    for (int l = 1; l < kLanes; ++l) {
+        if (best[l] > bv || (best[l] == bv && bidx[l] < bi)) {
+            bv = best[l];
+            bi = bidx[l];
+        }
+    }
+    return bi;
+}
+
+template <typename T>
+void rpq_forward_impl(const T* x, int64_t N, int64_t d, int64_t s0, int64_t s1, const float* A,
+                      const float* chat, int64_t G, int64_t n, int64_t h, int64_t* out) {
+    const int h8 = static_cast<int>((h + 7) / 8 * 8);
+    const int64_t ngroups = (n + kLanes - 1) / kLanes;
+
+    // Pack the projection (G, d, h8) with zero columns past h.
+    FloatBuf Ap = alloc_floats(static_cast<size_t>(G * d * h8));
+    for (int64_t g = 0; g < G; ++g) {
+        for (int64_t k = 0; k < d; ++k) {
+            float* dst = Ap.get() + (g * d + k) * h8;
+            const float* src = A + (g * d + k) * h;
+            for (int j = 0; j < h8; ++j) dst[j] = j < h ? src[j] : 0.0f;
+        }
+    }
+    // Pack the normalized codebook: (G, ngroups, h, 16), NaN lanes past n.
+    const float qnan = std::numeric_limits<float>::quiet_NaN();
+    const int64_t per_group = ngroups * h * kLanes;
+    FloatBuf P = alloc_floats(static_cast<size_t>(G * per_group));
+    for (int64_t g = 0; g < G; ++g) {
+        for (int64_t grp = 0; grp < ngroups; ++grp) {
+            for (int64_t k = 0; k < h; ++k) {
+                float* dst = P.get() + g * per_group + (grp * h + k) * kLanes;
+                for (int l = 0; l < kLanes; ++l) {
+                    const int64_t code = grp * kLanes + l;
+                    dst[l] = code < n ? chat[(g * n + code) * h + k] : qnan;
+                }
+            }
+        }
+    }
+
+    const int64_t nblocks = (N + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel
+    {
+        constexpr int RB = (kRowBlock + kRowsPerPass - 1) / kRowsPerPass * kRowsPerPass;
+        FloatBuf xf = alloc_floats(static_cast<size_t>(RB * d));
+        FloatBuf y = alloc_floats(static_cast<size_t>(RB * h8));
+        std::vector<float> best(static_cast<size_t>(RB) * kLanes);
+        std::vector<int32_t> bidx(static_cast<size_t>(RB) * kLanes);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t blk = 0; blk < nblocks; ++blk) {
+            const int64_t row0 = blk * kRowBlock;
+            const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, N - row0));
+            const int rows_pad = (rows + kRowsPerPass - 1) / kRowsPerPass * kRowsPerPass;
+            gather_rows(x, row0, rows, rows_pad, d, s0, s1, xf.get());
+            for (int64_t g = 0; g < G; ++g) {
+                project_rows(xf.get(), rows_pad, d, Ap.get() + g * d * h8, h8, y.get());
+                normalize_rows(y.get(), rows_pad, static_cast<int>(h), h8);
+                std::fill(best.begin(), best.end(), -std::numeric_limits<float>::infinity());
+                std::fill(bidx.begin(), bidx.end(), 0);
+                const float* Pg = P.get() + g * per_group;
+                for (int64_t t0 = 0; t0 < ngroups; t0 += kTileGroups) {
+                    const int groups = static_cast<int>(std::min<int64_t>(kTileGroups, ngroups - t0));
+                    const float* tile = Pg + t0 * h * kLanes;
+                    const int32_t code0 = static_cast<int32_t>(t0 * kLanes);
+                    for (int r0 = 0; r0 < rows_pad; r0 += kRowsPerPass) {
+                        float* yb = y.get() + static_cast<int64_t>(r0) * h8;
+                        float* bb = best.data() + r0 * kLanes;
+                        int32_t* ib = bidx.data() + r0 * kLanes;
+                        if (h == 16) {
+                            score_tile<16>(yb, h8, 16, tile, groups, code0, bb, ib);
+                        } else {
+                            score_tile<0>(yb, h8, static_cast<int>(h), tile, groups, code0, bb, ib);
+                        }
+                    }
+                }
+                for (int r = 0; r < rows; ++r) {
+                    out[(row0 + r) * G + g] =
+                        reduce_lanes(best.data() + r * kLanes, bidx.data() + r * kLanes);
+                }
+            }
+        }
+    }
+}
+
+void rpq_forward(std::uintptr_t x, const std::string& x_dtype, int64_t N, int64_t d, int64_t s0,
+                 int64_t s1, std::uintptr_t projection, std::uintptr_t codebook, int64_t G,
+                 int64_t n, int64_t h, std::uintptr_t out) {
+    MUSE_CHECK(N >= 0, "x: number of rows must be >= 0");
+    MUSE_CHECK(d >= 1, "x: the feature dimension d must be >= 1");
+    MUSE_CHECK(G >= 1, "projection: number of codebooks G must be >= 1");
+    MUSE_CHECK(n >= 1 && n <= (int64_t{1} << 31) - kLanes,
+               "codebook: codebook size n must be in [1, 2^31 - 16]");
+    MUSE_CHECK(h >= 1, "codebook: code dimension h must be >= 1");
+    const muse::DType dt = muse::parse_dtype(x_dtype, "x");
+    MUSE_CHECK(dt == muse::DType::f32 || dt == muse::DType::bf16 || dt == muse::DType::f16,
+               "x: expected float32, bfloat16 or float16");
+    if (N == 0) return;
+    MUSE_CHECK(x != 0 && projection != 0 && codebook != 0 && out != 0,
+               "rpq_forward: null data pointer");
+    const float* A = muse::ptr<const float>(projection);
+    const float* C = muse::ptr<const float>(codebook);
+    int64_t* o = muse::ptr<int64_t>(out);
+    py::gil_scoped_release release;
+    muse::dispatch_floating(dt, "x", [&](auto tag) {
+        using T = decltype(tag);
+        rpq_forward_impl<T>(muse::ptr<const T>(x), N, d, s0, s1, A, C, G, n, h, o);
+    });
+}
+
+}  // namespace
+
+void init_quantize(py::module_& m) {
+    m.def("rpq_forward", &rpq_forward, py::arg("x"), py::arg("x_dtype"), py::arg("N"),
+          py::arg("d"), py::arg("stride0"), py::arg("stride1"), py::arg("projection"),
+          py::arg("codebook"), py::arg("G"), py::arg("n"), py::arg("h"), py::arg("out"),
+          "Random-projection quantizer: out (N, G) int64 = argmax_i <C^_g[i], normalize(x A_g)>, "
+          "ties to the lowest index. x (N, d) float32/bfloat16/float16 with strides (stride0, "
+          "stride1) in elements; projection (G, d, h) float32 contiguous; codebook (G, n, h) "
+          "float32 contiguous and row-normalized.");
+}

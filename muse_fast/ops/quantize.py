@@ -1,3 +1,246 @@
-"""muse_fast.ops.quantize — not written yet (see the open issue)."""
+"""BEST-RQ random-projection quantizer (SPEC §1.2): frames → code indices, fused.
 
-__all__: list[str] = []
+``random_projection_quantize(x, projection, codebook)`` maps each row of ``x`` (..., d) to
+
+    argmin_i || C^_i - normalize(x A) ||_2,   C^_i = C_i / ||C_i||,
+
+which equals ``argmax_i <C^_i, x A>`` (both sides unit-norm; the positive factor ``1/||x A||`` does
+not move the arg-max). Ties go to the lowest index (``torch.argmin``); a row with ``x A = 0``
+returns 0. With a projection (G, d, h) and codebook (G, n, h) — ``num_codebooks = G`` — the
+output gets a trailing axis of size G.
+
+Backends: the Triton kernel (CUDA; ``kernels/quantize.py``) and the C++ kernel (CPU;
+``csrc/quantize.cpp``) compute the arg-max form without ever writing the N x n score matrix; the
+eager reference :func:`random_projection_quantize_reference` computes the literal distance form
+in bounded chunks of rows and is the baseline of ``benchmarks/test_bench_quantize.py``. Kernels
+compute in float32 (x may be float32, bfloat16 or float16; projection and codebook are used in
+float32); float64 inputs run on the reference in float64. Indices of kernels and reference agree
+except where two codes' scores are equal to within float32 rounding (the tests compare the
+scores of the chosen codes there).
+
+The output is an integer tensor: the op is not differentiable (like ``torch.argmin``) and has no
+autograd formula; gradients never flow through it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._alloc import empty
+from .._backend import Op, register
+from ._checks import FLOATING, check_same_device, check_tensor
+
+__all__ = ["random_projection_quantize", "random_projection_quantize_reference"]
+
+# The reference scores at most this many (row, code) pairs at once: 2^24 fp32 = 64 MiB of
+# distances, whatever N is.
+REFERENCE_CHUNK_ELEMENTS = 1 << 24
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_NORM_EPS = 1e-12
+
+
+def _as_groups(projection: torch.Tensor, codebook: torch.Tensor):
+    if projection.dim() == 2:
+        return projection.unsqueeze(0), codebook.unsqueeze(0), True
+    return projection, codebook, False
+
+
+def _out_shape(x: torch.Tensor, projection: torch.Tensor) -> tuple[int, ...]:
+    lead = tuple(x.shape[:-1])
+    return lead if projection.dim() == 2 else (*lead, projection.shape[0])
+
+
+def _compute_dtype(*ts: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
+
+
+def random_projection_quantize_reference(
+    x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor
+) -> torch.Tensor:
+    """Eager definition: ``argmin_i || C_i/||C_i|| - normalize(x A) ||``, chunked over rows.
+
+    x (..., d) floating; projection (d, h) or (G, d, h); codebook (n, h) or (G, n, h).
+    Returns int64 (...) or (..., G). Computes in float32 (float64 if any input is float64):
+    ``torch.cdist`` between the normalized projections and the normalized code words, then
+    ``argmin`` (lowest index on ties). A row with ``x A = 0`` is equidistant from every code word
+    and returns 0 (set explicitly: cdist's rounding would otherwise pick an arbitrary code). A
+    zero code word normalizes to 0 (``F.normalize``). At most ``REFERENCE_CHUNK_ELEMENTS``
+    distances exist at a time, so memory is bounded whatever N is; this chunked eager code is
+    the benchmark baseline. Not differentiable (integer output).
+    """
+    proj, cb, single = _as_groups(projection, codebook)
+    n_groups, d, _ = proj.shape
+    n_codes = cb.shape[1]
+    ct = _compute_dtype(x, projection, codebook)
+    chat = F.normalize(cb.to(ct), dim=-1, eps=_NORM_EPS)
+    x2 = x.reshape(-1, d)
+    n_rows = x2.shape[0]
+    out = torch.empty(n_rows, n_groups, dtype=torch.long, device=x.device)
+    chunk = max(1, REFERENCE_CHUNK_ELEMENTS // n_codes)
+    for g in range(n_groups):
+        a = proj[g].to(ct)
+        for s in range(0, n_rows, chunk):
+            y = x2[s : s + chunk].to(ct) @ a  # (rows, h)
+            norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+            y_hat = y / norm.clamp_min(_NORM_EPS)
+            dist = torch.cdist(y_hat, chat[g])  # (rows, n): bounded by the chunk
+            idx = dist.argmin(dim=-1)
+            out[s : s + chunk, g] = torch.where(norm[:, 0] == 0, torch.zeros_like(idx), idx)
+    return (
+        out[:, 0].reshape(_out_shape(x, projection))
+        if single
+        else out.reshape(_out_shape(x, projection))
+    )
+
+
+random_projection_quantize_reference.example_inputs = lambda device: (
+    (
+        torch.randn(2, 50, 512, device=device),
+        torch.randn(512, 16, device=device) * (2.0 / 528) ** 0.5,
+        torch.randn(8192, 16, device=device),
+    ),
+    {},
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+def _kernel_inputs(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor):
+    """(x2d, projection (G, d, h) fp32, normalized codebook (G, n, h) fp32, out (N, G) int64)."""
+    proj, cb, _ = _as_groups(projection, codebook)
+    proj = proj.to(torch.float32).contiguous()
+    # the same normalization as the reference, so both score against identical code words
+    chat = F.normalize(cb.to(torch.float32), dim=-1, eps=_NORM_EPS).contiguous()
+    x2 = x.reshape(-1, proj.shape[1])
+    out = empty(x2.shape[0], proj.shape[0], dtype=torch.long, device=x.device)
+    return x2, proj, chat, out
+
+
+def _finish(out: torch.Tensor, x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    return out.reshape(_out_shape(x, projection))
+
+
+def _kernel_check(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> str | None:
+    if _compute_dtype(x, projection, codebook) == torch.float64:
+        return "float64 inputs run on the reference (the kernels compute in float32)"
+    if x.dtype not in _KERNEL_DTYPES:
+        return f"x: dtype {str(x.dtype).replace('torch.', '')} is not float32/bfloat16/float16"
+    if codebook.shape[-2] > 2**31 - 16:
+        return "codebook: more than 2^31 - 16 codes (int32 indices inside the kernels)"
+    return None
+
+
+def _triton_check(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> str | None:
+    if projection.shape[-1] > 128:
+        return f"codebook: code dimension h = {projection.shape[-1]} > 128 (one register tile)"
+    return _kernel_check(x, projection, codebook)
+
+
+def _rpq_triton(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    from ..kernels import quantize as K
+
+    x2, proj, chat, out = _kernel_inputs(x, projection, codebook)
+    K.rpq_forward(x2, proj, chat, out)
+    return _finish(out, x, projection)
+
+
+def _rpq_cpu(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    from .._ext import dtype_name, ext, ptr
+
+    x2, proj, chat, out = _kernel_inputs(x, projection, codebook)
+    n_rows, d = x2.shape
+    ext().rpq_forward(
+        ptr(x2) if n_rows else 0,
+        dtype_name(x2),
+        n_rows,
+        d,
+        x2.stride(0),
+        x2.stride(1),
+        ptr(proj),
+        ptr(chat),
+        proj.shape[0],
+        chat.shape[1],
+        proj.shape[2],
+        ptr(out) if n_rows else 0,
+    )
+    return _finish(out, x, projection)
+
+
+_RPQ = register(
+    Op(
+        "random_projection_quantize",
+        reference=random_projection_quantize_reference,
+        triton=_rpq_triton,
+        cpu=_rpq_cpu,
+        triton_check=_triton_check,
+        cpu_check=_kernel_check,
+    )
+)
+
+
+@torch.library.custom_op("muse_fast::random_projection_quantize", mutates_args=())
+def _rpq_op(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    return _RPQ(x, projection, codebook)
+
+
+@_rpq_op.register_fake
+def _(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(_out_shape(x, projection), dtype=torch.long)
+
+
+def random_projection_quantize(
+    x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor
+) -> torch.Tensor:
+    """Code index of each row of ``x`` (SPEC §1.2), without materializing N x n scores.
+
+    Args:
+        x: (..., d) float32 / bfloat16 / float16 (float64 runs on the reference); any strides.
+        projection: (d, h) or (G, d, h) — the random projection A (Xavier-normal in BEST-RQ).
+        codebook: (n, h) or (G, n, h) — code words C, normalized here (zero rows stay zero).
+
+    Returns:
+        int64 (...) — or (..., G) for 3-D projection/codebook — with
+        ``argmin_i ||C_i/||C_i|| - normalize(x A)||`` = ``argmax_i <C_i/||C_i||, x A>``,
+        lowest index on ties, 0 for rows with ``x A = 0``. Rows containing NaN give an
+        unspecified index (0 on the kernels). Not differentiable.
+
+    >>> idx = random_projection_quantize(frames, proj, codebook)   # (B, T, 512) -> (B, T)
+    """
+    check_tensor("x", x, min_ndim=1, dtypes=FLOATING)
+    check_tensor("projection", projection, ndim=(2, 3), dtypes=FLOATING, finite=True)
+    check_tensor("codebook", codebook, dtypes=FLOATING, finite=True)
+    if codebook.dim() != projection.dim():
+        raise ValueError(
+            f"codebook: expected {projection.dim()} dims like projection "
+            f"{tuple(projection.shape)}, got shape {tuple(codebook.shape)}"
+        )
+    d = x.shape[-1]
+    h = projection.shape[-1]
+    if d < 1:
+        raise ValueError(f"x: the last dimension (d) must be >= 1, got shape {tuple(x.shape)}")
+    if projection.shape[-2] != d:
+        raise ValueError(
+            f"projection: expected shape {'(G, ' if projection.dim() == 3 else '('}d={d}, h) "
+            f"to match x {tuple(x.shape)}, got {tuple(projection.shape)}"
+        )
+    if h < 1:
+        raise ValueError(f"projection: the code dimension h must be >= 1, got {h}")
+    if codebook.shape[-1] != h or codebook.shape[-2] < 1:
+        raise ValueError(
+            f"codebook: expected shape {'(G, ' if codebook.dim() == 3 else '('}n >= 1, h={h}), "
+            f"got {tuple(codebook.shape)}"
+        )
+    if projection.dim() == 3:
+        if projection.shape[0] < 1:
+            raise ValueError(
+                f"projection: expected G >= 1 codebooks, got {tuple(projection.shape)}"
+            )
+        if codebook.shape[0] != projection.shape[0]:
+            raise ValueError(
+                f"codebook: expected G={projection.shape[0]} codebooks like projection, "
+                f"got shape {tuple(codebook.shape)}"
+            )
+    check_same_device(x=x, projection=projection, codebook=codebook)
+    return _rpq_op(x, projection, codebook)
