@@ -66,10 +66,10 @@ _MINOR_CHORDS = {
 _MAJOR_PROGRESSIONS = (
     (1, 5, 6, 4),
     (1, 4, 5, 1),
-    (2, 5, 1, 6),
+    (1, 6, 2, 5),
     (1, 6, 4, 5),
     (1, 4, 1, 5),
-    (6, 4, 1, 5),
+    (1, 3, 4, 5),
 )
 _MINOR_PROGRESSIONS = ((1, 6, 3, 7), (1, 4, 5, 1), (1, 7, 6, 5), (1, 4, 7, 3), (1, 6, 4, 5))
 
@@ -318,17 +318,28 @@ class SyntheticMusic(torch.utils.data.Dataset):
                 if j % 2 == 0:
                     end = min(bt + 2 * period, e)
                     ev.append((float(bt), end - bt, float(_midi_hz(bass)), g_bass, _TONE, 1, 0.6))
-        # melody: eighth notes with rests, a random walk on the scale, chord tones on beats
+        # melody: eighth notes with rests, a random walk on the scale; on beats it lands on a
+        # tone of the sounding chord
         deg = int(rng.integers(7))
         half = period / 2
-        t = first
+        starts = np.array([c[0] for c in chords])
+        triads = [
+            {(chord_class(c[2]) % 12 + k) % 12 for k in (0, 3 if "min" in c[2] else 4, 7)}
+            for c in chords
+        ]
+        t, j = first, 0
         while t < dur - 0.05:
             if rng.random() < 0.75:
                 deg = int(np.clip(deg + rng.integers(-2, 3), 0, 13))
+                if j % 2 == 0:  # on the beat: nearest degree that is a chord tone
+                    tones = triads[int(np.searchsorted(starts, t + 1e-9) - 1)]
+                    cands = [d for d in range(14) if scale[d % 7] % 12 in tones]
+                    deg = min(cands, key=lambda d: (abs(d - deg), d))
                 m = 60 + scale[deg % 7] + 12 * (deg // 7)
                 length = half * (2 if rng.random() < 0.3 else 1)
                 ev.append((t, min(length, dur - t), float(_midi_hz(m)), g_lead, _TONE, 2, 0.4))
             t += half
+            j += 1
         # drums: kick on beats 1, 3; snare on 2, 4; hats on every eighth
         for j, bt in enumerate(beats):
             bt = float(bt)

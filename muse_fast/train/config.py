@@ -93,7 +93,6 @@ _MUSELQ = {
     "min_lr": 1e-5,
     "weight_decay": 1e-2,
     "grad_clip": 1.0,
-    "warmup_steps": 10_000,
     "batch_size": 64,
 }
 
@@ -239,7 +238,11 @@ def _set(obj: Any, path: list[str], value: Any, full: str) -> None:
     if isinstance(cur, dict) and isinstance(value, dict):
         cur.update(value)
         return
-    setattr(obj, name, _coerce(value, types[name], full))
+    try:
+        setattr(obj, name, _coerce(value, types[name], full))
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        raise ValueError(msg if msg.startswith(full) else f"{full}: {msg}") from None
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import hashlib
 import json
 import math
@@ -572,7 +571,3 @@ def _train(cfg, resume, model, dataset, stop_at, rank, world, device, is_main, o
             + (f"; checkpoint {last_ckpt}" if last_ckpt else ""),
         )
     return summary
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return dataclasses.asdict(cfg)
