@@ -1,4 +1,422 @@
-// CPU kernels for muse_fast.ops.nt_xent (not written yet).
+// CPU kernels for muse_fast.ops.nt_xent: tiled contrastive statistics (forward) and the
+// similarity gradient (backward), memory O(N·D) — the 2N x 2N similarity is never stored.
+//
+// Same algorithm and notation as kernels/nt_xent.py (read its docstring first):
+//   z (M = 2N rows, D), positive p(i) = i ± N, active rows (i mod N) in [row_start, +row_count).
+//   forward : per active row  lse_i = log sum_{k valid} exp(beta s_ik), pos_i = s_{i,p(i)},
+//             t_i = sum_k softmax_ik s_ik (optional)
+//   backward: dz = alpha (G + G^T) zn, G_ik = exp(beta s_ik - c_i)[k valid] - [i active][k = p(i)],
+//             pulled back through the L2 normalization.
+//
+// Layout. A prepare pass writes, into one scratch buffer the caller allocates (so the caller's
+// allocator accounts for it):   zn  (M x Dp)   rows normalized (or copied) in the compute type,
+//                                                zero-padded to Dp = roundup(D, 16);
+//                                zp  (Mp x Dp)  the same rows packed in column panels of NR rows,
+//                                                panel p = zn[p*NR .. p*NR+NR)^T (Dp x NR), so the
+//                                                GEMM micro-kernels stream contiguous memory;
+//                                norm (M)       row norms (for the normalization's backward).
+// bf16 / fp16 inputs are converted once there (fp32 compute); float64 computes in double.
+// OpenMP over row blocks of BM rows; per thread one BM x BN similarity tile (O(threads · block)).
+// Each row block is written by exactly one thread: results are deterministic.
+//
+// Symmetry: the backward needs, for row i, both G_ik (row i's softmax) and G_ki (row k's softmax
+// at the same similarity s_ik = s_ki). Both come from the one tile s_IK with the row offsets c_I
+// and column offsets c_K, so a row block never needs the transposed tile nor another thread's
+// output. (Computing only the upper triangle of tiles would save another quarter of the
+// backward's flops at the price of per-thread M x D accumulators; not done.)
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
 #include "common.h"
 
-void init_nt_xent(py::module_& m) { (void)m; }
+namespace {
+
+using muse::bf16_t;
+using muse::DType;
+using muse::f16_t;
+
+constexpr int64_t kPad = 16;  // Dp and Mp are multiples of this
+constexpr int64_t BM = 64;    // rows per block (one OpenMP work item)
+constexpr int64_t BN = 256;   // columns per similarity tile
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// exp for float, branch-free so that loops around it vectorize (Cephes expf polynomial,
+// ~1 ulp on [-87.3, 88]); below -87.3 (e^x < 1.2e-38) it returns 0, -inf included.
+inline float exp_c(float x) {
+    const float lo = -87.3365447504f, hi = 88.0f;
+    const float xc = x < lo ? lo : (x > hi ? hi : x);
+    const float k = std::floor(xc * 1.44269504088896341f + 0.5f);
+    float r = xc - k * 0.693359375f;
+    r = r - k * (-2.12194440e-4f);
+    float y = 1.9875691500E-4f;
+    y = y * r + 1.3981999507E-3f;
+    y = y * r + 8.3334519073E-3f;
+    y = y * r + 4.1665795894E-2f;
+    y = y * r + 1.6666665459E-1f;
+    y = y * r + 5.0000001201E-1f;
+    y = y * r * r + r + 1.0f;
+    const int32_t ki = static_cast<int32_t>(k);
+    const uint32_t bits = static_cast<uint32_t>(ki + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, 4);
+    return x < lo ? 0.0f : y * scale;
+}
+inline double exp_c(double x) { return std::exp(x); }
+
+template <typename T>
+struct Traits;
+template <>
+struct Traits<float> {
+    static constexpr int NR = 16;  // panel width: two AVX2 registers
+    static constexpr int MR = 4;   // rows per micro-kernel
+    static constexpr float NEG = -1.0e30f;
+};
+template <>
+struct Traits<double> {
+    static constexpr int NR = 8;
+    static constexpr int MR = 4;
+    static constexpr double NEG = -1.0e300;
+};
+
+template <typename T>
+struct Scratch {
+    T* zn;
+    T* zp;
+    T* norm;
+};
+
+template <typename T>
+Scratch<T> layout(T* base, int64_t M, int64_t Dp) {
+    const int64_t Mp = round_up(M, kPad);
+    return {base, base + M * Dp, base + M * Dp + Mp * Dp};
+}
+
+// zn = z / max(|z|, eps) (or z), zero-padded; zp = its panels; norm = |z|.
+template <typename S, typename T>
+void prepare(const S* z, int64_t M, int64_t D, int64_t stride, bool normalize, T eps,
+             Scratch<T> sc) {
+    constexpr int NR = Traits<T>::NR;
+    const int64_t Dp = round_up(D, kPad);
+    const int64_t Mp = round_up(M, kPad);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M; ++i) {
+        const S* zi = z + i * stride;
+        T* out = sc.zn + i * Dp;
+        T ss = 0;
+        for (int64_t d = 0; d < D; ++d) {
+            const T v = static_cast<T>(muse::to_float(zi[d]));
+            out[d] = v;
+            ss += v * v;
+        }
+        const T nrm = std::sqrt(ss);
+        sc.norm[i] = nrm;
+        const T rn = normalize ? T(1) / std::max(nrm, eps) : T(1);
+        for (int64_t d = 0; d < D; ++d) out[d] *= rn;
+        for (int64_t d = D; d < Dp; ++d) out[d] = 0;
+    }
+    const int64_t npanel = Mp / NR;
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < npanel; ++p) {
+        T* panel = sc.zp + p * Dp * NR;
+        for (int64_t j = 0; j < NR; ++j) {
+            const int64_t row = p * NR + j;
+            if (row < M) {
+                const T* src = sc.zn + row * Dp;
+                for (int64_t d = 0; d < Dp; ++d) panel[d * NR + j] = src[d];
+            } else {
+                for (int64_t d = 0; d < Dp; ++d) panel[d * NR + j] = 0;
+            }
+        }
+    }
+}
+
+// out[r][j] = <a_r, panel column j> for MR rows a (stride Dp) and one panel (Dp x NR).
+template <typename T, int MR>
+inline void sim_micro(const T* a, int64_t Dp, const T* panel, T* out, int64_t ldo) {
+    constexpr int NR = Traits<T>::NR;
+    T acc[MR][NR] = {};
+    for (int64_t d = 0; d < Dp; ++d) {
+        const T* b = panel + d * NR;
+        for (int r = 0; r < MR; ++r) {
+            const T av = a[r * Dp + d];
+#pragma omp simd
+            for (int j = 0; j < NR; ++j) acc[r][j] += av * b[j];
+        }
+    }
+    for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < NR; ++j) out[r * ldo + j] = acc[r][j];
+}
+
+// S (bm x BN, ld BN) = zn[r0 .. r0+bm) . zn[k0 .. k0+kn)^T   (kn rounded up to panels)
+template <typename T>
+void sim_tile(const Scratch<T>& sc, int64_t Dp, int64_t r0, int64_t bm, int64_t k0, int64_t kn,
+              T* S) {
+    constexpr int NR = Traits<T>::NR;
+    constexpr int MR = Traits<T>::MR;
+    const int64_t np = (kn + NR - 1) / NR;
+    const T* panels = sc.zp + (k0 / NR) * Dp * NR;
+    int64_t i = 0;
+    for (; i + MR <= bm; i += MR)
+        for (int64_t p = 0; p < np; ++p)
+            sim_micro<T, MR>(sc.zn + (r0 + i) * Dp, Dp, panels + p * Dp * NR, S + i * BN + p * NR,
+                             BN);
+    for (; i < bm; ++i)
+        for (int64_t p = 0; p < np; ++p)
+            sim_micro<T, 1>(sc.zn + (r0 + i) * Dp, Dp, panels + p * Dp * NR, S + i * BN + p * NR,
+                            BN);
+}
+
+// acc[r][d0 .. d0+NR) += sum_k W[r][k] zn[k0+k][d0 .. d0+NR) for MR rows.
+template <typename T, int MR>
+inline void wz_micro(const T* W, int64_t kn, const T* zk, int64_t Dp, int64_t d0, T* acc) {
+    constexpr int NR = Traits<T>::NR;
+    T c[MR][NR];
+    for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < NR; ++j) c[r][j] = acc[r * Dp + d0 + j];
+    for (int64_t k = 0; k < kn; ++k) {
+        const T* b = zk + k * Dp + d0;
+        for (int r = 0; r < MR; ++r) {
+            const T w = W[r * BN + k];
+#pragma omp simd
+            for (int j = 0; j < NR; ++j) c[r][j] += w * b[j];
+        }
+    }
+    for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < NR; ++j) acc[r * Dp + d0 + j] = c[r][j];
+}
+
+template <typename T>
+void wz_tile(const T* W, int64_t bm, int64_t kn, const T* zk, int64_t Dp, T* acc) {
+    constexpr int NR = Traits<T>::NR;
+    constexpr int MR = Traits<T>::MR;
+    int64_t i = 0;
+    for (; i + MR <= bm; i += MR)
+        for (int64_t d0 = 0; d0 < Dp; d0 += NR)
+            wz_micro<T, MR>(W + i * BN, kn, zk, Dp, d0, acc + i * Dp);
+    for (; i < bm; ++i)
+        for (int64_t d0 = 0; d0 < Dp; d0 += NR) wz_micro<T, 1>(W + i * BN, kn, zk, Dp, d0, acc + i * Dp);
+}
+
+template <typename S, typename T>
+inline S store_as(T v) {
+    if constexpr (std::is_same_v<S, double> || std::is_same_v<S, float>)
+        return static_cast<S>(v);
+    else
+        return muse::from_float<S>(static_cast<float>(v));
+}
+
+struct Geometry {
+    int64_t M, N, D, Dp, row_start, row_count;
+    bool active(int64_t i) const {
+        const int64_t r = (i < N ? i : i - N) - row_start;
+        return r >= 0 && r < row_count;
+    }
+    // does [a, b) contain an active row?
+    bool any_active(int64_t a, int64_t b) const {
+        const int64_t lo1 = row_start, hi1 = row_start + row_count;
+        const int64_t lo2 = N + row_start, hi2 = N + row_start + row_count;
+        return (a < hi1 && lo1 < b) || (a < hi2 && lo2 < b);
+    }
+    int64_t partner(int64_t i) const { return i < N ? i + N : i - N; }
+};
+
+template <typename T>
+void forward(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_pos, bool with_t,
+             T* lse, T* pos, T* tout) {
+    constexpr T NEG = Traits<T>::NEG;
+    const int64_t nb1 = (g.row_count + BM - 1) / BM;
+#pragma omp parallel
+    {
+        std::vector<T> S(BM * BN);
+        std::vector<T> m(BM), l(BM), t(BM), ps(BM);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < 2 * nb1; ++b) {
+            const int64_t half = b < nb1 ? 0 : 1;
+            const int64_t off = (b - half * nb1) * BM;
+            const int64_t bm = std::min(BM, g.row_count - off);
+            const int64_t r0 = half * g.N + g.row_start + off;
+            for (int64_t i = 0; i < bm; ++i) m[i] = NEG, l[i] = 0, t[i] = 0, ps[i] = 0;
+            for (int64_t k0 = 0; k0 < g.M; k0 += BN) {
+                const int64_t kn = std::min(BN, g.M - k0);
+                sim_tile(sc, g.Dp, r0, bm, k0, kn, S.data());
+                for (int64_t i = 0; i < bm; ++i) {
+                    const int64_t row = r0 + i, prow = g.partner(row);
+                    T* srow = S.data() + i * BN;
+                    if (prow >= k0 && prow < k0 + kn) ps[i] = srow[prow - k0];
+                    T mx = NEG;
+#pragma omp simd reduction(max : mx)
+                    for (int64_t k = 0; k < kn; ++k) {
+                        srow[k] *= beta;
+                        mx = std::max(mx, srow[k]);
+                    }
+                    // masked entries: the diagonal (and the positive) — recompute the max
+                    // without them only when they are in this tile
+                    const bool has_diag = row >= k0 && row < k0 + kn;
+                    const bool has_pos = exclude_pos && prow >= k0 && prow < k0 + kn;
+                    if (has_diag || has_pos) {
+                        if (has_diag) srow[row - k0] = NEG;
+                        if (has_pos) srow[prow - k0] = NEG;
+                        mx = NEG;
+#pragma omp simd reduction(max : mx)
+                        for (int64_t k = 0; k < kn; ++k) mx = std::max(mx, srow[k]);
+                    }
+                    if (mx == NEG) continue;  // nothing valid for this row in this tile
+                    const T mnew = std::max(m[i], mx);
+                    T sum = 0, tsum = 0;
+                    if (with_t) {
+#pragma omp simd reduction(+ : sum, tsum)
+                        for (int64_t k = 0; k < kn; ++k) {
+                            const T p = exp_c(srow[k] - mnew);
+                            sum += p;
+                            tsum += p * srow[k];
+                        }
+                    } else {
+#pragma omp simd reduction(+ : sum)
+                        for (int64_t k = 0; k < kn; ++k) sum += exp_c(srow[k] - mnew);
+                    }
+                    const T sc_old = exp_c(m[i] - mnew);
+                    l[i] = l[i] * sc_old + sum;
+                    t[i] = t[i] * sc_old + tsum;
+                    m[i] = mnew;
+                }
+            }
+            const int64_t j0 = half * g.row_count + off;
+            for (int64_t i = 0; i < bm; ++i) {
+                lse[j0 + i] = m[i] + std::log(l[i]);
+                pos[j0 + i] = ps[i];
+                if (with_t) tout[j0 + i] = t[i] / (l[i] * beta);  // t accumulated beta*s
+            }
+        }
+    }
+}
+
+template <typename T, typename S>
+void backward(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_pos, bool normalize,
+              T eps, const T* c, T alpha, S* dz, int64_t dz_stride) {
+    const int64_t nblocks = (g.M + BM - 1) / BM;
+    const int64_t Dp = g.Dp;
+#pragma omp parallel
+    {
+        std::vector<T> W(BM * BN);
+        std::vector<T> acc(BM * Dp);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < nblocks; ++b) {
+            const int64_t r0 = b * BM, bm = std::min(BM, g.M - r0);
+            const bool rows_any = g.any_active(r0, r0 + bm);
+            std::fill(acc.begin(), acc.begin() + bm * Dp, T(0));
+            for (int64_t k0 = 0; k0 < g.M; k0 += BN) {
+                const int64_t kn = std::min(BN, g.M - k0);
+                if (!rows_any && !g.any_active(k0, k0 + kn)) continue;
+                sim_tile(sc, Dp, r0, bm, k0, kn, W.data());
+                const T* ck = c + k0;
+                for (int64_t i = 0; i < bm; ++i) {
+                    const int64_t row = r0 + i, prow = g.partner(row);
+                    const T ci = c[row];
+                    T* w = W.data() + i * BN;
+#pragma omp simd
+                    for (int64_t k = 0; k < kn; ++k) {
+                        const T lg = w[k] * beta;
+                        w[k] = exp_c(lg - ci) + exp_c(lg - ck[k]);
+                    }
+                    if (row >= k0 && row < k0 + kn) w[row - k0] = 0;
+                    if (prow >= k0 && prow < k0 + kn) {
+                        T& wp = w[prow - k0];
+                        if (exclude_pos) wp = 0;
+                        if (g.active(row)) wp -= 2;
+                    }
+                }
+                wz_tile(W.data(), bm, kn, sc.zn + k0 * Dp, Dp, acc.data());
+            }
+            for (int64_t i = 0; i < bm; ++i) {
+                const int64_t row = r0 + i;
+                T* gr = acc.data() + i * Dp;
+                S* out = dz + row * dz_stride;
+                if (normalize) {
+                    const T nrm = sc.norm[row];
+                    const T rn = T(1) / std::max(nrm, eps);
+                    const T* zr = sc.zn + row * Dp;
+                    T proj = 0;
+                    if (nrm >= eps)
+                        for (int64_t d = 0; d < g.D; ++d) proj += zr[d] * gr[d];
+                    for (int64_t d = 0; d < g.D; ++d)
+                        out[d] = store_as<S>(alpha * rn * (gr[d] - zr[d] * proj));
+                } else {
+                    for (int64_t d = 0; d < g.D; ++d) out[d] = store_as<S>(alpha * gr[d]);
+                }
+            }
+        }
+    }
+}
+
+int64_t scratch_elems(int64_t M, int64_t D) {
+    const int64_t Dp = round_up(D, kPad);
+    return M * Dp + round_up(M, kPad) * Dp + M;
+}
+
+Geometry check_geometry(int64_t M, int64_t D, int64_t stride, int64_t n_pairs, int64_t row_start,
+                        int64_t row_count) {
+    MUSE_CHECK(n_pairs >= 2, "z: need at least 2 pairs (N >= 2)");
+    MUSE_CHECK(M == 2 * n_pairs, "z: expected 2 * n_pairs rows");
+    MUSE_CHECK(D >= 1, "z: expected at least one feature");
+    MUSE_CHECK(stride >= D, "z: row stride smaller than the row length");
+    MUSE_CHECK(row_start >= 0 && row_count >= 1 && row_start + row_count <= n_pairs,
+               "row_start/row_count: active rows out of range");
+    return Geometry{M, n_pairs, D, round_up(D, kPad), row_start, row_count};
+}
+
+}  // namespace
+
+void init_nt_xent(py::module_& m) {
+    m.def("nt_xent_scratch_elems", &scratch_elems, py::arg("M"), py::arg("D"),
+          "elements (float32, or float64 for float64 inputs) of the scratch buffer");
+    m.def(
+        "nt_xent_fwd",
+        [](std::uintptr_t z, const std::string& dtype, int64_t M, int64_t D, int64_t stride,
+           int64_t n_pairs, bool normalize, double eps, double beta, int64_t row_start,
+           int64_t row_count, bool exclude_pos, bool with_t, std::uintptr_t scratch,
+           std::uintptr_t lse, std::uintptr_t pos, std::uintptr_t t) {
+            const Geometry g = check_geometry(M, D, stride, n_pairs, row_start, row_count);
+            const DType dt = muse::parse_dtype(dtype, "z");
+            py::gil_scoped_release nogil;
+            muse::dispatch_floating(dt, "z", [&](auto tag) {
+                using S = decltype(tag);
+                using T = std::conditional_t<std::is_same_v<S, double>, double, float>;
+                const Scratch<T> sc = layout(muse::ptr<T>(scratch), M, g.Dp);
+                prepare<S, T>(muse::ptr<const S>(z), M, D, stride, normalize, T(eps), sc);
+                forward<T>(sc, g, T(beta), exclude_pos, with_t, muse::ptr<T>(lse),
+                           muse::ptr<T>(pos), muse::ptr<T>(t));
+            });
+        },
+        py::arg("z"), py::arg("dtype"), py::arg("M"), py::arg("D"), py::arg("stride"),
+        py::arg("n_pairs"), py::arg("normalize"), py::arg("eps"), py::arg("beta"),
+        py::arg("row_start"), py::arg("row_count"), py::arg("exclude_pos"), py::arg("with_t"),
+        py::arg("scratch"), py::arg("lse"), py::arg("pos"), py::arg("t"),
+        "contrastive row statistics (lse, positive similarity, softmax-mean similarity)");
+    m.def(
+        "nt_xent_bwd",
+        [](std::uintptr_t z, const std::string& dtype, int64_t M, int64_t D, int64_t stride,
+           int64_t n_pairs, bool normalize, double eps, double beta, int64_t row_start,
+           int64_t row_count, bool exclude_pos, std::uintptr_t c, double alpha,
+           std::uintptr_t scratch, std::uintptr_t dz, int64_t dz_stride) {
+            const Geometry g = check_geometry(M, D, stride, n_pairs, row_start, row_count);
+            MUSE_CHECK(dz_stride >= D, "dz: row stride smaller than the row length");
+            const DType dt = muse::parse_dtype(dtype, "z");
+            py::gil_scoped_release nogil;
+            muse::dispatch_floating(dt, "z", [&](auto tag) {
+                using S = decltype(tag);
+                using T = std::conditional_t<std::is_same_v<S, double>, double, float>;
+                const Scratch<T> sc = layout(muse::ptr<T>(scratch), M, g.Dp);
+                prepare<S, T>(muse::ptr<const S>(z), M, D, stride, normalize, T(eps), sc);
+                backward<T, S>(sc, g, T(beta), exclude_pos, normalize, T(eps),
+                               muse::ptr<const T>(c), T(alpha), muse::ptr<S>(dz), dz_stride);
+            });
+        },
+        py::arg("z"), py::arg("dtype"), py::arg("M"), py::arg("D"), py::arg("stride"),
+        py::arg("n_pairs"), py::arg("normalize"), py::arg("eps"), py::arg("beta"),
+        py::arg("row_start"), py::arg("row_count"), py::arg("exclude_pos"), py::arg("c"),
+        py::arg("alpha"), py::arg("scratch"), py::arg("dz"), py::arg("dz_stride"),
+        "gradient of the contrastive losses wrt z (memory O(M D))");
+}

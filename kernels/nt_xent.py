@@ -1,1 +1,345 @@
-"""Triton kernels for muse_fast.ops.nt_xent — not written yet."""
+"""Triton kernels for :mod:`muse_fast.ops.nt_xent`: tiled contrastive statistics, forward and backward.
+
+Notation. ``z`` is the stacked batch ``[z1; z2]`` of ``M = 2N`` rows of width ``D``; row ``i``'s
+positive is ``p(i) = i ± N``. With ``normalize`` every row is scaled by ``rn_i = 1 / max(‖z_i‖, eps)``
+(computed once by :func:`row_rnorm`); the similarity ``s_ik = rn_i rn_k ⟨z_i, z_k⟩`` is formed tile by
+tile from the *raw* rows (``tl.dot`` with fp32 accumulation, then scaled by ``rn_i rn_k``), so the
+normalized rows are never written and bf16 / fp16 inputs lose nothing to a rounded copy.
+
+Rows can be restricted to an *active* subset, ``(i mod N) ∈ [row_start, row_start + row_count)``
+(one rank's share of a gathered global batch); columns are always all ``M`` rows.
+
+Forward (:func:`contrastive_fwd`), per active row, over ``k ≠ i`` (and ``k ≠ p(i)`` when
+``exclude_pos``): an online log-sum-exp ``lse_i = log Σ_k exp(β s_ik)``, the positive similarity
+``s_{i,p(i)}`` picked out of its tile by a select, and optionally ``t_i = Σ_k softmax_ik s_ik``.
+The diagonal is excluded with ``tl.where`` (never by adding ``-inf``). Nothing of size ``M × M``
+is stored: the outputs are three vectors.
+
+Backward (:func:`contrastive_bwd`). Both losses built on these statistics have a similarity
+gradient ``G_ik = α (exp(β s_ik − c_i) [k valid for i] − [i active] [k = p(i)])`` for per-row
+offsets ``c`` (``+inf`` for inactive rows, so their terms vanish). As ``s`` is symmetric,
+``dL/dẑ = (G + Gᵀ) ẑ``, and ``Gᵀ``'s entry at ``(i, k)`` is ``G_ki``, built from the *same*
+similarity ``s_ik`` and the column's offset ``c_k``. So one program per row block recomputes each
+tile ``s_IK`` once and accumulates ``(G_IK + G_KIᵀ) ẑ_K`` — the symmetry removes the transposed
+pass (or the atomics) that flash-attention's dK/dV needs, and every output row is written by
+exactly one program (deterministic). Tiles whose rows and columns are all inactive are skipped.
+A last small kernel backpropagates through the L2 normalization exactly:
+``dz_i = rn_i (dẑ_i − ẑ_i ⟨ẑ_i, dẑ_i⟩)`` (the projection is dropped where ``‖z_i‖ < eps``, as in
+``F.normalize``).
+
+Precision: fp32 inputs use ``input_precision="ieee"`` (eager PyTorch's matmul does not use TF32
+either); bf16 / fp16 use the tensor cores with fp32 accumulation. In the backward the coefficient
+tile is cast to the input dtype for the second ``tl.dot`` (as flash-attention does with P), after
+dividing by the tile's largest ``rn_k`` so tiny-norm rows cannot overflow fp16.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from muse_fast._alloc import empty
+from muse_fast._backend import triton_interpret
+
+_NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for running maxima and masked logits
+_INF = tl.constexpr(float("inf"))
+
+
+@triton.jit
+def _row_rnorm_kernel(
+    z_ptr, rn_ptr, M, D, stride, eps, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < M
+    roff = rows.to(tl.int64) * stride
+    acc = tl.zeros((BLOCK_R,), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        dc = d0 + tl.arange(0, BLOCK_D)
+        x = tl.load(
+            z_ptr + roff[:, None] + dc[None, :],
+            mask=rmask[:, None] & (dc[None, :] < D),
+            other=0.0,
+        ).to(tl.float32)
+        acc += tl.sum(x * x, axis=1)
+    tl.store(rn_ptr + rows, 1.0 / tl.maximum(tl.sqrt(acc), eps), mask=rmask)
+
+
+@triton.jit
+def _mm(a, b, PREC: tl.constexpr, DOT_F32: tl.constexpr):
+    """tl.dot with fp32 accumulation; DOT_F32 upcasts the operands first (the interpreter's
+    tl.dot mishandles bf16 / fp16 operands; products of 16-bit values are exact in fp32)."""
+    if DOT_F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
+    return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _sim_tile(
+    z_ptr, stride, a, roff, rmask, cols, cmask, D,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ONE_D: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
+):  # fmt: skip
+    """Raw dot products <z_i, z_k> of one (BLOCK_M, BLOCK_N) tile, fp32."""
+    coff = cols.to(tl.int64) * stride
+    if ONE_D:
+        dc = tl.arange(0, BLOCK_D)
+        b = tl.load(
+            z_ptr + coff[:, None] + dc[None, :],
+            mask=cmask[:, None] & (dc[None, :] < D),
+            other=0.0,
+        )
+        s = _mm(a, tl.trans(b), PREC, DOT_F32)
+    else:
+        s = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dc = d0 + tl.arange(0, BLOCK_D)
+            dm = dc[None, :] < D
+            ai = tl.load(z_ptr + roff[:, None] + dc[None, :], mask=rmask[:, None] & dm, other=0.0)
+            b = tl.load(z_ptr + coff[:, None] + dc[None, :], mask=cmask[:, None] & dm, other=0.0)
+            s += _mm(ai, tl.trans(b), PREC, DOT_F32)
+    return s
+
+
+@triton.jit
+def _fwd_kernel(
+    z_ptr, rn_ptr, lse_ptr, pos_ptr, t_ptr,
+    M, N, D, stride, row_start, row_count, beta,
+    NORMALIZE: tl.constexpr, EXCLUDE_POS: tl.constexpr, WITH_T: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ONE_D: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
+):  # fmt: skip
+    # compact index j over the active rows: view-1 rows first, then view-2 rows
+    j = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    jmask = j < 2 * row_count
+    rows = tl.where(j < row_count, row_start + j, N + row_start + j - row_count)
+    rows = tl.where(jmask, rows, 0)
+    prow = tl.where(rows < N, rows + N, rows - N)
+    roff = rows.to(tl.int64) * stride
+    if NORMALIZE:
+        rn_i = tl.load(rn_ptr + rows, mask=jmask, other=0.0)
+    a = tl.zeros((BLOCK_M, BLOCK_D), z_ptr.dtype.element_ty)
+    if ONE_D:
+        dc = tl.arange(0, BLOCK_D)
+        a = tl.load(
+            z_ptr + roff[:, None] + dc[None, :], mask=jmask[:, None] & (dc[None, :] < D), other=0.0
+        )
+    m_i = tl.full((BLOCK_M,), _NEG, tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    t_i = tl.zeros((BLOCK_M,), tl.float32)
+    pos_i = tl.zeros((BLOCK_M,), tl.float32)
+    for k0 in range(0, M, BLOCK_N):
+        cols = k0 + tl.arange(0, BLOCK_N)
+        cmask = cols < M
+        s = _sim_tile(
+            z_ptr, stride, a, roff, jmask, cols, cmask, D,
+            BLOCK_M, BLOCK_N, BLOCK_D, ONE_D, PREC, DOT_F32,
+        )  # fmt: skip
+        if NORMALIZE:
+            rn_k = tl.load(rn_ptr + cols, mask=cmask, other=0.0)
+            s = s * rn_i[:, None] * rn_k[None, :]
+        is_pos = cols[None, :] == prow[:, None]
+        pos_i += tl.sum(tl.where(is_pos, s, 0.0), axis=1)
+        valid = cmask[None, :] & (cols[None, :] != rows[:, None])
+        if EXCLUDE_POS:
+            valid = valid & (cols[None, :] != prow[:, None])
+        logit = s * beta
+        m_new = tl.maximum(m_i, tl.max(tl.where(valid, logit, _NEG), axis=1))
+        scale = tl.exp(m_i - m_new)
+        p = tl.where(valid, tl.exp(logit - m_new[:, None]), 0.0)
+        l_i = l_i * scale + tl.sum(p, axis=1)
+        if WITH_T:
+            t_i = t_i * scale + tl.sum(p * s, axis=1)
+        m_i = m_new
+    tl.store(lse_ptr + j, m_i + tl.log(l_i), mask=jmask)
+    tl.store(pos_ptr + j, pos_i, mask=jmask)
+    if WITH_T:
+        tl.store(t_ptr + j, t_i / l_i, mask=jmask)
+
+
+@triton.jit
+def _bwd_kernel(
+    z_ptr, rn_ptr, c_ptr, alpha_ptr, dzn_ptr,
+    M, N, D, stride, row_start, row_count, beta,
+    NORMALIZE: tl.constexpr, EXCLUDE_POS: tl.constexpr, SCALE_TILE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
+    ONE_D: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < M
+    rmod = tl.where(rows < N, rows, rows - N) - row_start
+    ract = rmask & (rmod >= 0) & (rmod < row_count)
+    row_any = tl.max(ract.to(tl.int32), axis=0) > 0
+    prow = tl.where(rows < N, rows + N, rows - N)
+    roff = rows.to(tl.int64) * stride
+    c_i = tl.load(c_ptr + rows, mask=rmask, other=_INF)
+    if NORMALIZE:
+        rn_i = tl.load(rn_ptr + rows, mask=rmask, other=0.0)
+    a = tl.zeros((BLOCK_M, BLOCK_D), z_ptr.dtype.element_ty)
+    if ONE_D:
+        dc = tl.arange(0, BLOCK_D)
+        a = tl.load(
+            z_ptr + roff[:, None] + dc[None, :], mask=rmask[:, None] & (dc[None, :] < D), other=0.0
+        )
+    do = tl.program_id(1) * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    dmask = do < D
+    acc = tl.zeros((BLOCK_M, BLOCK_DO), tl.float32)
+    for k0 in range(0, M, BLOCK_N):
+        cols = k0 + tl.arange(0, BLOCK_N)
+        cmask = cols < M
+        kmod = tl.where(cols < N, cols, cols - N) - row_start
+        kact = cmask & (kmod >= 0) & (kmod < row_count)
+        if row_any | (tl.max(kact.to(tl.int32), axis=0) > 0):
+            s = _sim_tile(
+                z_ptr, stride, a, roff, rmask, cols, cmask, D,
+                BLOCK_M, BLOCK_N, BLOCK_D, ONE_D, PREC, DOT_F32,
+            )  # fmt: skip
+            if NORMALIZE:
+                rn_k = tl.load(rn_ptr + cols, mask=cmask, other=0.0)
+                s = s * rn_i[:, None] * rn_k[None, :]
+            logit = s * beta
+            c_k = tl.load(c_ptr + cols, mask=cmask, other=_INF)
+            valid = cmask[None, :] & (cols[None, :] != rows[:, None])
+            is_pos = cols[None, :] == prow[:, None]
+            if EXCLUDE_POS:
+                valid = valid & (~is_pos)
+            w = tl.where(valid, tl.exp(logit - c_i[:, None]) + tl.exp(logit - c_k[None, :]), 0.0)
+            w = tl.where(is_pos & ract[:, None], w - 2.0, w)
+            zk = tl.load(
+                z_ptr + cols.to(tl.int64)[:, None] * stride + do[None, :],
+                mask=cmask[:, None] & dmask[None, :],
+                other=0.0,
+            )
+            if NORMALIZE:
+                if SCALE_TILE:  # keep w·rn_k within fp16 range whatever the norms
+                    smax = tl.max(rn_k, axis=0)
+                    w = w * (rn_k / smax)[None, :]
+                    acc += smax * _mm(w.to(zk.dtype), zk, PREC, DOT_F32)
+                else:
+                    w = w * rn_k[None, :]
+                    acc += _mm(w.to(zk.dtype), zk, PREC, DOT_F32)
+            else:
+                acc += _mm(w.to(zk.dtype), zk, PREC, DOT_F32)
+    alpha = tl.load(alpha_ptr).to(tl.float32)
+    tl.store(
+        dzn_ptr + rows.to(tl.int64)[:, None] * D + do[None, :],
+        acc * alpha,
+        mask=rmask[:, None] & dmask[None, :],
+    )
+
+
+@triton.jit
+def _norm_bwd_kernel(
+    z_ptr, rn_ptr, dzn_ptr, dz_ptr, M, D, stride, eps,
+    NORMALIZE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < M
+    dc = tl.arange(0, BLOCK_D)
+    m2 = rmask[:, None] & (dc[None, :] < D)
+    g = tl.load(dzn_ptr + rows.to(tl.int64)[:, None] * D + dc[None, :], mask=m2, other=0.0)
+    if NORMALIZE:
+        x = tl.load(z_ptr + rows.to(tl.int64)[:, None] * stride + dc[None, :], mask=m2, other=0.0)
+        x = x.to(tl.float32)
+        rn = tl.load(rn_ptr + rows, mask=rmask, other=0.0)
+        norm = tl.sqrt(tl.sum(x * x, axis=1))
+        zn = x * rn[:, None]
+        proj = tl.where(norm >= eps, tl.sum(zn * g, axis=1), 0.0)
+        g = rn[:, None] * (g - zn * proj[:, None])
+    tl.store(
+        dz_ptr + rows.to(tl.int64)[:, None] * D + dc[None, :],
+        g.to(dz_ptr.dtype.element_ty),
+        mask=m2,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# launchers
+# ------------------------------------------------------------------------------------------
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _blocks(M: int, D: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_D). The interpreter wants few, large programs."""
+    bd = max(16, min(_pow2(D), 128))
+    if triton_interpret():
+        b = max(16, min(_pow2(M), 64))
+        return b, b, max(16, min(_pow2(D), 256))
+    return 64, 64, bd
+
+
+def _prec(z: torch.Tensor) -> str:
+    return "ieee"  # ignored for 16-bit inputs; exact fp32 products for fp32 inputs
+
+
+def row_rnorm(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """``1 / max(‖z_i‖, eps)`` per row, fp32, shape (M,)."""
+    M, D = z.shape
+    rn = empty(M, dtype=torch.float32, device=z.device)
+    br = 16
+    bd = max(16, min(_pow2(D), 1024))
+    _row_rnorm_kernel[(triton.cdiv(M, br),)](z, rn, M, D, z.stride(0), eps, BLOCK_R=br, BLOCK_D=bd)
+    return rn
+
+
+def contrastive_fwd(
+    z: torch.Tensor,
+    rn: torch.Tensor | None,
+    n_pairs: int,
+    beta: float,
+    row_start: int,
+    row_count: int,
+    exclude_pos: bool,
+    with_t: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per active row (view-1 rows then view-2 rows): ``(lse, pos, t)``, fp32, shape (2·row_count,)."""
+    M, D = z.shape
+    bm, bn, bd = _blocks(M, D)
+    R = 2 * row_count
+    lse = empty(R, dtype=torch.float32, device=z.device)
+    pos = empty(R, dtype=torch.float32, device=z.device)
+    t = empty(R if with_t else 1, dtype=torch.float32, device=z.device)
+    _fwd_kernel[(triton.cdiv(R, bm),)](
+        z, rn if rn is not None else lse, lse, pos, t,
+        M, n_pairs, D, z.stride(0), row_start, row_count, float(beta),
+        NORMALIZE=rn is not None, EXCLUDE_POS=bool(exclude_pos), WITH_T=bool(with_t),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, ONE_D=D <= bd, PREC=_prec(z), DOT_F32=triton_interpret(),
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return lse, pos, t
+
+
+def contrastive_bwd(
+    z: torch.Tensor,
+    rn: torch.Tensor | None,
+    c: torch.Tensor,
+    alpha: torch.Tensor,
+    n_pairs: int,
+    beta: float,
+    row_start: int,
+    row_count: int,
+    exclude_pos: bool,
+    eps: float,
+) -> torch.Tensor:
+    """``dz`` (M, D) in ``z.dtype``: ``α (G + Gᵀ) ẑ`` pulled back through the normalization."""
+    M, D = z.shape
+    bm, bn, bd = _blocks(M, D)
+    bdo = bd
+    dzn = torch.empty(M, D, dtype=torch.float32, device=z.device)  # every element is written
+    _bwd_kernel[(triton.cdiv(M, bm), triton.cdiv(D, bdo))](
+        z, rn if rn is not None else c, c, alpha, dzn,
+        M, n_pairs, D, z.stride(0), row_start, row_count, float(beta),
+        NORMALIZE=rn is not None, EXCLUDE_POS=bool(exclude_pos),
+        SCALE_TILE=z.dtype in (torch.float16, torch.bfloat16),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DO=bdo, ONE_D=D <= bd, PREC=_prec(z), DOT_F32=triton_interpret(),
+        num_warps=8 if bm * bdo >= 64 * 128 else 4, num_stages=2,
+    )  # fmt: skip
+    dz = empty(M, D, dtype=z.dtype, device=z.device)
+    bdn = max(16, _pow2(D))
+    br = max(1, min(16, 8192 // bdn))
+    _norm_bwd_kernel[(triton.cdiv(M, br),)](
+        z, rn if rn is not None else c, dzn, dz, M, D, z.stride(0), eps,
+        NORMALIZE=rn is not None, BLOCK_R=br, BLOCK_D=bdn,
+    )  # fmt: skip
+    return dz
