@@ -64,8 +64,9 @@ def random_projection_quantize_reference(
     Returns int64 (...) or (..., G). Computes in float32 (float64 if any input is float64):
     ``torch.cdist`` between the normalized projections and the normalized code words, then
     ``argmin`` (lowest index on ties). A row with ``x A = 0`` is equidistant from every code word
-    and returns 0 (set explicitly: cdist's rounding would otherwise pick an arbitrary code). A
-    zero code word normalizes to 0 (``F.normalize``). At most ``REFERENCE_CHUNK_ELEMENTS``
+    and returns 0 (set explicitly: cdist's rounding would otherwise pick an arbitrary code). Code words must
+    be non-zero (``C_i/||C_i||`` is undefined for a zero one; the public function rejects them,
+    and only then is the distance form the arg-max form the kernels compute). At most ``REFERENCE_CHUNK_ELEMENTS``
     distances exist at a time, so memory is bounded whatever N is; this chunked eager code is
     the benchmark baseline. Not differentiable (integer output).
     """
@@ -180,8 +181,25 @@ _RPQ = register(
 )
 
 
+def _check_values(projection: torch.Tensor, codebook: torch.Tensor) -> None:
+    """Data-dependent checks (n x h and d x h values: cheap). Run inside the custom op, so they
+    also run, eagerly, under torch.compile."""
+    if not bool(torch.isfinite(projection).all()):
+        raise ValueError("projection: contains NaN or inf")
+    if not bool(torch.isfinite(codebook).all()):
+        raise ValueError("codebook: contains NaN or inf")
+    tiny = torch.linalg.vector_norm(codebook.double(), dim=-1) <= _NORM_EPS
+    if bool(tiny.any()):
+        where = tuple(int(i) for i in tiny.nonzero()[0])
+        raise ValueError(
+            f"codebook: code word {where} has norm <= {_NORM_EPS}; C_i/||C_i|| is undefined "
+            "(every code word must be non-zero)"
+        )
+
+
 @torch.library.custom_op("muse_fast::random_projection_quantize", mutates_args=())
 def _rpq_op(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    _check_values(projection, codebook)
     return _RPQ(x, projection, codebook)
 
 
@@ -198,7 +216,7 @@ def random_projection_quantize(
     Args:
         x: (..., d) float32 / bfloat16 / float16 (float64 runs on the reference); any strides.
         projection: (d, h) or (G, d, h) — the random projection A (Xavier-normal in BEST-RQ).
-        codebook: (n, h) or (G, n, h) — code words C, normalized here (zero rows stay zero).
+        codebook: (n, h) or (G, n, h) — code words C (non-zero), normalized here.
 
     Returns:
         int64 (...) — or (..., G) for 3-D projection/codebook — with
@@ -209,8 +227,8 @@ def random_projection_quantize(
     >>> idx = random_projection_quantize(frames, proj, codebook)   # (B, T, 512) -> (B, T)
     """
     check_tensor("x", x, min_ndim=1, dtypes=FLOATING)
-    check_tensor("projection", projection, ndim=(2, 3), dtypes=FLOATING, finite=True)
-    check_tensor("codebook", codebook, dtypes=FLOATING, finite=True)
+    check_tensor("projection", projection, ndim=(2, 3), dtypes=FLOATING)
+    check_tensor("codebook", codebook, dtypes=FLOATING)
     if codebook.dim() != projection.dim():
         raise ValueError(
             f"codebook: expected {projection.dim()} dims like projection "
