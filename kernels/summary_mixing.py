@@ -210,12 +210,20 @@ def _add_gelu_mask_bwd_kernel(
 # --------------------------------------------------------------------------------------------
 
 
+# Tests set these to run GPU-like tilings under the interpreter (several blocks per row, ragged
+# edges, time split into chunks): (BLOCK_T, BLOCK_D) and the frames per time chunk.
+FORCE_BLOCKS: tuple[int, int] | None = None
+FORCE_T_CHUNK: int | None = None
+
+
 def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
 def _blocks(t: torch.Tensor, T: int, D: int) -> tuple[int, int]:
     """(BLOCK_T, BLOCK_D): whole rows under the interpreter, GPU tiles otherwise."""
+    if FORCE_BLOCKS is not None:
+        return FORCE_BLOCKS
     if t.device.type == "cpu":  # interpreter: few, large programs
         bd = min(_pow2(D), 1024)
         bt = max(1, min(_pow2(T), 16384 // bd))
@@ -244,7 +252,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # split time when (B x feature blocks) alone cannot fill the GPU
         want = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
         n_chunks = max(1, min(triton.cdiv(T, 4 * bt), want // max(1, B * triton.cdiv(D, bd))))
-    t_chunk = triton.cdiv(T, n_chunks)
+    t_chunk = triton.cdiv(T, n_chunks) if FORCE_T_CHUNK is None else FORCE_T_CHUNK
     n_chunks = triton.cdiv(T, t_chunk)
     m, m_b = _mask_u8(mask, x)
     final = n_chunks == 1
@@ -350,10 +358,12 @@ def add_gelu_mask_backward(
     z = z.contiguous()
     B, T, D = z.shape
     bt, bd = _blocks(z, T, D)
-    if z.device.type == "cpu":
+    if FORCE_T_CHUNK is not None:
+        t_chunk = FORCE_T_CHUNK
+    elif z.device.type == "cpu":
         t_chunk = T
     else:
-        t_chunk = max(bt, 8 * bt)
+        t_chunk = 8 * bt
     n_chunks = triton.cdiv(T, t_chunk)
     dz = empty(B, T, D, dtype=z.dtype, device=z.device)
     dg = empty(B, n_chunks, D, dtype=_acc_dtype(z.dtype), device=z.device)
