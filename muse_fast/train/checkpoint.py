@@ -1,7 +1,7 @@
 """Checkpoints: ``OUT/checkpoints/step_00001000/{model.safetensors, config.json, state.pt}``.
 
-* ``model.safetensors`` — the model's weights and buffers (``safetensors.torch.save_model``, so
-  tied tensors are stored once), with the recipe, model name and step as metadata.
+* ``model.safetensors`` — the model's ``state_dict`` (weights and buffers, each entry stored as
+  its own tensor), with the recipe, model name and step as metadata.
 * ``config.json`` — the :class:`TrainConfig` of the run (enough to rebuild the model).
 * ``state.pt`` — everything else a resumed run needs: optimizer, scheduler, step, samples consumed
   per rank, every rank's RNG states (torch CPU / CUDA, numpy, python), loss-scaler state.
@@ -64,14 +64,19 @@ def save_checkpoint(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``out`` and keep only the newest ``keep_last`` (0: all)."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     path = checkpoint_path(out, step)
     path.mkdir(parents=True, exist_ok=True)
     if (path / STATE).exists():  # re-saving a step: invalidate the old one first
         (path / STATE).unlink()
     meta = {"step": str(step), **(metadata or {})}
-    _atomic_write(path / WEIGHTS, lambda p: save_model(model, p, metadata=meta))
+    # every entry copied to its own contiguous CPU storage: tied weights and buffers that are
+    # views of a larger storage (safetensors refuses both) are stored as plain tensors
+    weights = {
+        k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()
+    }
+    _atomic_write(path / WEIGHTS, lambda p: save_file(weights, p, metadata=meta))
 
     def write_json(p):
         with open(p, "w") as f:
@@ -130,13 +135,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def load_model_weights(model: torch.nn.Module, ckpt: str | os.PathLike, device=None) -> dict:
     """Load ``model.safetensors`` into ``model`` (strict); returns the file's metadata."""
     from safetensors import safe_open
-    from safetensors.torch import load_model
 
     f = Path(ckpt) / WEIGHTS
     dev = "cpu" if device is None else str(device)
-    missing, unexpected = load_model(model, str(f), strict=True, device=dev)
-    with safe_open(str(f), framework="pt") as h:
-        return dict(h.metadata() or {})
+    with safe_open(str(f), framework="pt", device=dev) as h:
+        weights = {k: h.get_tensor(k) for k in h.keys()}
+        meta = dict(h.metadata() or {})
+    model.load_state_dict(weights, strict=True)
+    return meta
 
 
 def load_state(ckpt: str | os.PathLike) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -313,6 +314,17 @@ def _train(cfg, resume, model, dataset, stop_at, rank, world, device, is_main, o
         torch.set_float32_matmul_precision("high")
     _seed_all(cfg.seed)  # identical initial weights on every rank
     if model is None:
+        if cfg.model.get("loss") == "sogclr" and not cfg.model.get("dataset_size"):
+            # the global contrastive loss keeps one state per training item: size it to the data
+            # (and record it, so the checkpoint's config rebuilds the same model)
+            if dataset is None:
+                probe = build_model(
+                    dataclasses.replace(cfg, model={**cfg.model, "loss": "nt_xent"})
+                )
+                dataset = build_dataset(cfg, probe)
+                del probe
+            cfg.model["dataset_size"] = len(dataset)
+            _seed_all(cfg.seed)
         model = build_model(cfg)
     model.to(device)
     if state is not None:
