@@ -158,9 +158,15 @@ def run_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS["pretrain"] = (
-    "pre-train a recipe (see --help for recipes)",
-    _add_pretrain_args,
-    run_pretrain,
-)
-COMMANDS["embed"] = ("embed audio files with a pre-trained checkpoint", _add_embed_args, run_embed)
+_ENTRIES = {
+    "pretrain": ("pre-train a recipe (see --help for recipes)", _add_pretrain_args, run_pretrain),
+    "embed": ("embed audio files with a pre-trained checkpoint", _add_embed_args, run_embed),
+}
+COMMANDS.update(_ENTRIES)
+# `python -m muse_fast.cli` (what `torchrun -m muse_fast.cli` runs) executes the CLI module as
+# __main__, a second copy whose COMMANDS is not the one imported above: register there too.
+_main = sys.modules.get("__main__")
+if getattr(getattr(_main, "__spec__", None), "name", None) == "muse_fast.cli" and isinstance(
+    getattr(_main, "COMMANDS", None), dict
+):
+    _main.COMMANDS.update(_ENTRIES)

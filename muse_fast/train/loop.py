@@ -27,6 +27,7 @@ import random
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -352,12 +353,16 @@ def _train(cfg, resume, model, dataset, stop_at, rank, world, device, is_main, o
 
     runner: torch.nn.Module = _LossModule(model)
     if world > 1:
-        runner = torch.nn.parallel.DistributedDataParallel(
-            runner,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
-            find_unused_parameters=cfg.find_unused_parameters,
-        )
+        with warnings.catch_warnings():
+            # broadcast_buffers=False is deprecated, but it is the switch that keeps rank-local
+            # buffers (SogCLR's per-item state) rank-local, as the warning itself advises
+            warnings.simplefilter("ignore", FutureWarning)
+            runner = torch.nn.parallel.DistributedDataParallel(
+                runner,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                broadcast_buffers=False,
+                find_unused_parameters=cfg.find_unused_parameters,
+            )
     if cfg.compile:
         runner = torch.compile(runner)
     opt = _make_optimizer(cfg, model, device)
