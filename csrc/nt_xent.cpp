@@ -43,28 +43,146 @@ constexpr int64_t BN = 256;   // columns per similarity tile
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// exp for float, branch-free so that loops around it vectorize (Cephes expf polynomial,
-// ~1 ulp on [-87.3, 88]); below -87.3 (e^x < 1.2e-38) it returns 0, -inf included.
-inline float exp_c(float x) {
-    const float lo = -87.3365447504f, hi = 88.0f;
-    const float xc = x < lo ? lo : (x > hi ? hi : x);
-    const float k = std::floor(xc * 1.44269504088896341f + 0.5f);
-    float r = xc - k * 0.693359375f;
-    r = r - k * (-2.12194440e-4f);
-    float y = 1.9875691500E-4f;
+// ---------------------------------------------------------------------------------------
+// exp and the row reductions. float: 8-lane GCC vector extensions (portable: lowered to AVX2,
+// SSE or scalar code by the target), so the exp is vectorized whatever the FP flags — plain
+// loops around a scalar exp are not, under the default -ftrapping-math. double (the float64
+// path, for gradcheck): scalar std::exp.
+// ---------------------------------------------------------------------------------------
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+inline v8f load8(const float* p) {
+    v8f v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
+inline v8f splat8(float x) { return v8f{x, x, x, x, x, x, x, x}; }
+
+// e^x (Cephes expf polynomial after range reduction, ~1 ulp on [-87.3, 88]); 0 below -87.3
+// (e^x < 1.2e-38), -inf included; the argument is clamped at 88.
+inline v8f exp8(v8f x) {
+    const v8f lo = splat8(-87.3365447504f), hi = splat8(88.0f);
+    const v8f magic = splat8(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+    v8f xc = x < lo ? lo : x;
+    xc = xc > hi ? hi : xc;
+    const v8f kb = xc * 1.44269504088896341f + magic;
+    const v8f k = kb - magic;
+    v8f r = xc - k * 0.693359375f;
+    r = r - k * -2.12194440e-4f;
+    v8f y = splat8(1.9875691500E-4f);
     y = y * r + 1.3981999507E-3f;
     y = y * r + 8.3334519073E-3f;
     y = y * r + 4.1665795894E-2f;
     y = y * r + 1.6666665459E-1f;
     y = y * r + 5.0000001201E-1f;
     y = y * r * r + r + 1.0f;
-    const int32_t ki = static_cast<int32_t>(k);
-    const uint32_t bits = static_cast<uint32_t>(ki + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, 4);
-    return x < lo ? 0.0f : y * scale;
+    // kb's low mantissa bits hold 2^22 + k: shifting (bits + 127) left by 23 gives 2^k
+    const v8i bits = ((v8i)kb + 127) << 23;
+    const v8f res = y * (v8f)bits;
+    return x < lo ? splat8(0.0f) : res;
 }
-inline double exp_c(double x) { return std::exp(x); }
+
+inline float hmax8(v8f v) {
+    float m = v[0];
+    for (int j = 1; j < 8; ++j) m = std::max(m, v[j]);
+    return m;
+}
+inline float hsum8(v8f v) {
+    float s = 0;
+    for (int j = 0; j < 8; ++j) s += v[j];
+    return s;
+}
+
+// x *= beta; return max(x)
+inline float scale_max(float* x, int64_t n, float beta) {
+    v8f acc = splat8(-std::numeric_limits<float>::infinity());
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        const v8f v = load8(x + k) * beta;
+        store8(x + k, v);
+        acc = v > acc ? v : acc;
+    }
+    float m = hmax8(acc);
+    for (; k < n; ++k) m = std::max(m, x[k] *= beta);
+    return m;
+}
+inline double scale_max(double* x, int64_t n, double beta) {
+    double m = -std::numeric_limits<double>::infinity();
+    for (int64_t k = 0; k < n; ++k) m = std::max(m, x[k] *= beta);
+    return m;
+}
+
+inline float max_of(const float* x, int64_t n) {
+    v8f acc = splat8(-std::numeric_limits<float>::infinity());
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        const v8f v = load8(x + k);
+        acc = v > acc ? v : acc;
+    }
+    float m = hmax8(acc);
+    for (; k < n; ++k) m = std::max(m, x[k]);
+    return m;
+}
+inline double max_of(const double* x, int64_t n) {
+    double m = -std::numeric_limits<double>::infinity();
+    for (int64_t k = 0; k < n; ++k) m = std::max(m, x[k]);
+    return m;
+}
+
+inline float exp1(float x) {
+    float buf[8] = {x, 0, 0, 0, 0, 0, 0, 0};
+    return exp8(load8(buf))[0];
+}
+inline double exp1(double x) { return std::exp(x); }
+
+// sum_k exp(x_k - m) and, with t, sum_k exp(x_k - m) x_k
+inline void exp_sums(const float* x, int64_t n, float m, bool with_t, float& sum, float& tsum) {
+    v8f a = splat8(0.0f), b = splat8(0.0f);
+    const v8f mv = splat8(m);
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        const v8f v = load8(x + k);
+        const v8f p = exp8(v - mv);
+        a += p;
+        if (with_t) b += p * v;
+    }
+    sum = hsum8(a), tsum = hsum8(b);
+    for (; k < n; ++k) {
+        const float p = exp1(x[k] - m);
+        sum += p;
+        tsum += p * x[k];
+    }
+}
+inline void exp_sums(const double* x, int64_t n, double m, bool, double& sum, double& tsum) {
+    sum = 0, tsum = 0;
+    for (int64_t k = 0; k < n; ++k) {
+        const double p = std::exp(x[k] - m);
+        sum += p;
+        tsum += p * x[k];
+    }
+}
+
+// w_k <- exp(beta w_k - ci) + exp(beta w_k - ck_k)   (in place)
+inline void grad_weights(float* w, const float* ck, int64_t n, float beta, float ci) {
+    const v8f civ = splat8(ci);
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        const v8f lg = load8(w + k) * beta;
+        store8(w + k, exp8(lg - civ) + exp8(lg - load8(ck + k)));
+    }
+    for (; k < n; ++k) {
+        const float lg = w[k] * beta;
+        w[k] = exp1(lg - ci) + exp1(lg - ck[k]);
+    }
+}
+inline void grad_weights(double* w, const double* ck, int64_t n, double beta, double ci) {
+    for (int64_t k = 0; k < n; ++k) {
+        const double lg = w[k] * beta;
+        w[k] = std::exp(lg - ci) + std::exp(lg - ck[k]);
+    }
+}
 
 template <typename T>
 struct Traits;
@@ -246,12 +364,7 @@ void forward(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_pos, 
                     const int64_t row = r0 + i, prow = g.partner(row);
                     T* srow = S.data() + i * BN;
                     if (prow >= k0 && prow < k0 + kn) ps[i] = srow[prow - k0];
-                    T mx = NEG;
-#pragma omp simd reduction(max : mx)
-                    for (int64_t k = 0; k < kn; ++k) {
-                        srow[k] *= beta;
-                        mx = std::max(mx, srow[k]);
-                    }
+                    T mx = scale_max(srow, kn, beta);
                     // masked entries: the diagonal (and the positive) — recompute the max
                     // without them only when they are in this tile
                     const bool has_diag = row >= k0 && row < k0 + kn;
@@ -259,25 +372,13 @@ void forward(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_pos, 
                     if (has_diag || has_pos) {
                         if (has_diag) srow[row - k0] = NEG;
                         if (has_pos) srow[prow - k0] = NEG;
-                        mx = NEG;
-#pragma omp simd reduction(max : mx)
-                        for (int64_t k = 0; k < kn; ++k) mx = std::max(mx, srow[k]);
+                        mx = max_of(srow, kn);
                     }
                     if (mx == NEG) continue;  // nothing valid for this row in this tile
                     const T mnew = std::max(m[i], mx);
-                    T sum = 0, tsum = 0;
-                    if (with_t) {
-#pragma omp simd reduction(+ : sum, tsum)
-                        for (int64_t k = 0; k < kn; ++k) {
-                            const T p = exp_c(srow[k] - mnew);
-                            sum += p;
-                            tsum += p * srow[k];
-                        }
-                    } else {
-#pragma omp simd reduction(+ : sum)
-                        for (int64_t k = 0; k < kn; ++k) sum += exp_c(srow[k] - mnew);
-                    }
-                    const T sc_old = exp_c(m[i] - mnew);
+                    T sum, tsum;
+                    exp_sums(srow, kn, mnew, with_t, sum, tsum);
+                    const T sc_old = exp1(m[i] - mnew);
                     l[i] = l[i] * sc_old + sum;
                     t[i] = t[i] * sc_old + tsum;
                     m[i] = mnew;
@@ -316,11 +417,7 @@ void backward(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_pos,
                     const int64_t row = r0 + i, prow = g.partner(row);
                     const T ci = c[row];
                     T* w = W.data() + i * BN;
-#pragma omp simd
-                    for (int64_t k = 0; k < kn; ++k) {
-                        const T lg = w[k] * beta;
-                        w[k] = exp_c(lg - ci) + exp_c(lg - ck[k]);
-                    }
+                    grad_weights(w, ck, kn, beta, ci);
                     if (row >= k0 && row < k0 + kn) w[row - k0] = 0;
                     if (prow >= k0 && prow < k0 + kn) {
                         T& wp = w[prow - k0];
