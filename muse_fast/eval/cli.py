@@ -207,3 +207,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 _cli.COMMANDS["probe"] = (HELP, add_arguments, run)
+# `python -m muse_fast.cli` runs the CLI module as __main__, a second copy whose COMMANDS is not
+# the one imported above: register there too.
+_main = sys.modules.get("__main__")
+if getattr(getattr(_main, "__spec__", None), "name", None) == "muse_fast.cli" and isinstance(
+    getattr(_main, "COMMANDS", None), dict
+):
+    _main.COMMANDS["probe"] = (HELP, add_arguments, run)

@@ -71,6 +71,13 @@ def load_encoder(
         if model is not None and model != str(checkpoint):
             raise ValueError(f"--checkpoint {checkpoint!r} and --model {model!r} disagree")
         model, checkpoint = str(checkpoint), None
+    if checkpoint is not None and not Path(checkpoint).exists():
+        from .. import models
+
+        raise ValueError(
+            f"{str(checkpoint)!r} is neither an existing checkpoint path nor a model name "
+            f"({', '.join(models.list_models())})"
+        )
     if checkpoint is not None:
         if overrides:
             raise ValueError(
