@@ -80,12 +80,57 @@ inline float log_value(float v, int log_mode, float log_mult) {
     }
 }
 
+// |Y[k]|^power * scale^(power/2) for k in [k0, k1), Y the (optionally 3-tap windowed) spectrum.
+template <bool HANN3, int POWER_MODE>
+void power_row(const float* X, float* pw, int64_t k0, int64_t k1, int64_t NF, int64_t n_fft,
+               float scale, float power) {
+    auto finish = [&](float re, float im) {
+        const float s = (re * re + im * im) * scale;
+        if constexpr (POWER_MODE == 0) return s;
+        else if constexpr (POWER_MODE == 1) return std::sqrt(s);
+        else return std::pow(s, 0.5f * power);
+    };
+    if constexpr (!HANN3) {
+        for (int64_t k = k0; k < k1; ++k) pw[k] = finish(X[2 * k], X[2 * k + 1]);
+        return;
+    }
+    // general form at the two ends, where a neighbour is mirrored (X[-k] = conj X[k])
+    auto edge = [&](int64_t k) {
+        int64_t km = k - 1, kp = k + 1;
+        float sm = 1.0f, sp = 1.0f;
+        if (km < 0) { km = -km; sm = -1.0f; }
+        if (kp >= NF) { kp = n_fft - kp; sp = -1.0f; }
+        const float re = 0.5f * X[2 * k] - 0.25f * (X[2 * km] + X[2 * kp]);
+        const float im = 0.5f * X[2 * k + 1] - 0.25f * (sm * X[2 * km + 1] + sp * X[2 * kp + 1]);
+        pw[k] = finish(re, im);
+    };
+    const int64_t a = std::max<int64_t>(k0, 1), b = std::min<int64_t>(k1, NF - 1);
+    for (int64_t k = k0; k < std::min(a, k1); ++k) edge(k);
+#pragma omp simd
+    for (int64_t k = a; k < b; ++k) {
+        const float re = 0.5f * X[2 * k] - 0.25f * (X[2 * k - 2] + X[2 * k + 2]);
+        const float im = 0.5f * X[2 * k + 1] - 0.25f * (X[2 * k - 1] + X[2 * k + 3]);
+        pw[k] = finish(re, im);
+    }
+    for (int64_t k = std::max(b, k0); k < k1; ++k) edge(k);
+}
+
+using PowerFn = void (*)(const float*, float*, int64_t, int64_t, int64_t, int64_t, float, float);
+
+template <bool HANN3>
+PowerFn pick_power(int power_mode) {
+    if (power_mode == 0) return &power_row<HANN3, 0>;
+    if (power_mode == 1) return &power_row<HANN3, 1>;
+    return &power_row<HANN3, 2>;
+}
+
 void mel_power_mel(std::uintptr_t spec_p, int64_t n_frames, int64_t j0, int64_t R, int64_t T,
                    int64_t n_fft, std::uintptr_t fb_p, std::uintptr_t lo_p, std::uintptr_t hi_p,
                    int64_t M, std::uintptr_t flen_p, std::uintptr_t out_p, double scale_d,
                    double power_d, int log_mode, double log_mult_d, bool hann3) {
     const int64_t NF = n_fft / 2 + 1;
-    MUSE_CHECK(n_frames >= 0 && R >= 1 && T >= 1 && M >= 1 && n_fft >= 1, "mel_power_mel: bad sizes");
+    MUSE_CHECK(n_frames >= 0 && R >= 1 && T >= 1 && M >= 1 && n_fft >= 2,
+               "mel_power_mel: bad sizes");
     MUSE_CHECK(log_mode >= 0 && log_mode <= 3, "log: unknown mode");
     const float* spec = muse::ptr<const float>(spec_p);
     const float* fb = muse::ptr<const float>(fb_p);  // (NF, M)
@@ -97,6 +142,7 @@ void mel_power_mel(std::uintptr_t spec_p, int64_t n_frames, int64_t j0, int64_t 
     const float power = static_cast<float>(power_d);
     const float log_mult = static_cast<float>(log_mult_d);
     const int power_mode = power_d == 2.0 ? 0 : (power_d == 1.0 ? 1 : 2);
+    const PowerFn power_fn = hann3 ? pick_power<true>(power_mode) : pick_power<false>(power_mode);
 
     // Compact filterbank: band m's weights for bins [lo[m], hi[m]) at wts[off[m] ...].
     std::vector<int64_t> off(M + 1, 0);
@@ -114,42 +160,43 @@ void mel_power_mel(std::uintptr_t spec_p, int64_t n_frames, int64_t j0, int64_t 
     for (int64_t m = 0; m < M; ++m)
         for (int64_t k = lo[m]; k < hi[m]; ++k) wts[off[m] + (k - lo[m])] = fb[k * M + m];
 
+    // Blocks of FB frames: the mel of a block is gathered in a (M, FB) tile, then written as
+    // FB-long runs along time (the output is (rows, M, T)), not 128 scattered floats per frame.
+    constexpr int64_t FB = 16;
+    const int64_t n_blocks = (n_frames + FB - 1) / FB;
     py::gil_scoped_release nogil;
 #pragma omp parallel
     {
-        std::vector<float> pw(NF + 1, 0.0f);
+        std::vector<float> pw(NF + 1, 0.0f), tile(M * FB);
+        int64_t base[FB];
+        bool live[FB], keep[FB];
 #pragma omp for schedule(static)
-        for (int64_t f = 0; f < n_frames; ++f) {
-            const int64_t j = j0 + f;
-            const int64_t row = j / R;
-            const int64_t t = j - row * R;
-            if (t >= T) continue;  // the gap between rows of the flat frame sequence
-            float* o = out + row * M * T + t;
-            if (t >= flen[row]) {
-                for (int64_t m = 0; m < M; ++m) o[m * T] = 0.0f;
-                continue;
-            }
-            const float* X = spec + f * 2 * NF;
-            for (int64_t k = kmin; k < kmax; ++k) {
-                float re = X[2 * k], im = X[2 * k + 1];
-                if (hann3) {
-                    int64_t km = k - 1, kp = k + 1;
-                    float sm = 1.0f, sp = 1.0f;
-                    if (km < 0) { km = -km; sm = -1.0f; }
-                    if (kp >= NF) { kp = n_fft - kp; sp = -1.0f; }
-                    re = 0.5f * re - 0.25f * (X[2 * km] + X[2 * kp]);
-                    im = 0.5f * im - 0.25f * (sm * X[2 * km + 1] + sp * X[2 * kp + 1]);
+        for (int64_t blk = 0; blk < n_blocks; ++blk) {
+            const int64_t f0 = blk * FB, nb = std::min(FB, n_frames - f0);
+            for (int64_t i = 0; i < nb; ++i) {
+                const int64_t j = j0 + f0 + i;
+                const int64_t row = j / R, t = j - row * R;
+                keep[i] = t < T;  // frames t >= T are the gap between rows: never stored
+                live[i] = keep[i] && t < flen[row];
+                base[i] = row * M * T + t;
+                if (!live[i]) continue;
+                power_fn(spec + (f0 + i) * 2 * NF, pw.data(), kmin, kmax, NF, n_fft, scale, power);
+                for (int64_t m = 0; m < M; ++m) {
+                    const float* w = wts.data() + off[m];
+                    const float* p = pw.data() + lo[m];
+                    const int64_t n = off[m + 1] - off[m];
+                    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                    for (int64_t q = 0; q < n; ++q) acc += w[q] * p[q];
+                    tile[m * FB + i] = acc;
                 }
-                const float s = (re * re + im * im) * scale;
-                pw[k] = power_mode == 0 ? s : (power_mode == 1 ? std::sqrt(s) : std::pow(s, 0.5f * power));
             }
             for (int64_t m = 0; m < M; ++m) {
-                const float* w = wts.data() + off[m];
-                const float* p = pw.data() + lo[m];
-                const int64_t n = off[m + 1] - off[m];
-                float acc = 0.0f;
-                for (int64_t i = 0; i < n; ++i) acc += w[i] * p[i];
-                o[m * T] = log_value(acc, log_mode, log_mult);
+                const float* tm = tile.data() + m * FB;
+                for (int64_t i = 0; i < nb; ++i) {
+                    if (!keep[i]) continue;
+                    out[base[i] + m * T] = live[i] ? log_value(tm[i], log_mode, log_mult) : 0.0f;
+                }
             }
         }
     }

@@ -153,7 +153,8 @@ def _power_mel_kernel(
             elif POWER_MODE == 1:  # power 1: magnitude
                 p = tl.sqrt(s)
             else:  # |X|^power = s^(power / 2); s = 0 -> 0
-                p = tl.exp2(0.5 * power * tl.log2(s))
+                pos = s > 0.0
+                p = tl.where(pos, tl.exp2(0.5 * power * tl.log2(tl.where(pos, s, 1.0))), 0.0)
             p = tl.where(lmask, p, 0.0)
             w = tl.load(
                 fb_ptr + k[:, None] * M + m[None, :],
@@ -165,7 +166,8 @@ def _power_mel_kernel(
             acc = tl.log(tl.maximum(acc, 1e-10))
         elif LOG == 2:  # log1p, accurate for small x: log(u) * x / (u - 1), u = 1 + x
             u = 1.0 + acc
-            acc = tl.where(u == 1.0, acc, tl.log(u) * (acc / (u - 1.0)))
+            tiny = u == 1.0
+            acc = tl.where(tiny, acc, tl.log(u) * (acc / tl.where(tiny, 1.0, u - 1.0)))
         elif LOG == 3:  # dB: log_mult * log10(max(x, amin))
             acc = tl.log2(tl.maximum(acc, 1e-10)) * (log_mult * 0.30102999566398120)
         acc = tl.where(valid[:, None], acc, 0.0)

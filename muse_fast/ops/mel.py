@@ -49,7 +49,7 @@ Pipeline (``cpu`` and ``triton`` backends share it; the kernels are
    whole batch are the strided view ``buf.as_strided((F, n_fft), (hop, 1))``: nothing of size
    frames × n_fft is materialized.
 2. **FFT**: ``torch.fft.rfft`` (cuFFT / MKL) of that view, chunk by chunk into one reused
-   complex buffer (``_CHUNK_BYTES``: 256 MiB on CUDA, 4 MiB — cache-sized — on the CPU). The
+   complex buffer (``_CHUNK_BYTES``: 256 MiB on CUDA, 2 MiB — cache-sized — on the CPU). The
    window is NOT applied here: for ``win_length == n_fft`` the periodic hann window is the exact
    3-tap ``0.5 X[k] − 0.25 (X[k−1] + X[k+1])`` in the frequency domain, done by step 3. Other
    ``win_length``: the chunk is multiplied by the window first (a chunk-sized copy).
@@ -157,7 +157,7 @@ PAD_MODES = ("constant", "reflect", "replicate", "circular")
 LOG_MODES = (None, "log", "log1p", "db")
 _PAD_MODE_ID = {"constant": 0, "reflect": 1, "replicate": 2, "circular": 3}
 _LOG_MODE_ID = {"none": 0, "log": 1, "log1p": 2, "db": 3}
-_CHUNK_BYTES = {"cuda": 256 << 20, "cpu": 4 << 20}
+_CHUNK_BYTES = {"cuda": 256 << 20, "cpu": 2 << 20}
 _AMIN = 1e-10
 
 
@@ -485,6 +485,9 @@ def _reference_core(
     """One clip (or a batch processed as torchaudio would): x (..., time) → (..., M, T)."""
     shape = x.shape
     x = x.reshape(-1, shape[-1])
+    if x.shape[0] == 0:
+        T = _num_frames(shape[-1], n_fft, hop_length, pad, center)
+        return x.new_zeros(shape[:-1] + (fb.shape[1], T))
     if pad > 0:
         x = torch.nn.functional.pad(x, (pad, pad), "constant")
     w = window_.to(x.dtype)
@@ -715,21 +718,34 @@ _MEL = register(
 def _mel_op(
     waveform: Tensor,
     lengths: Tensor | None,
-    window_: Tensor,
-    fb: Tensor,
-    band_lo: Tensor,
-    band_hi: Tensor,
+    window_: Tensor | None,
+    fb: Tensor | None,
+    band_lo: Tensor | None,
+    band_hi: Tensor | None,
+    sample_rate: int,
     n_fft: int,
     win_length: int,
     hop_length: int,
+    f_min: float,
+    f_max: float,
     pad: int,
+    n_mels: int,
     power: float,
     normalized: str,
     center: bool,
     pad_mode: str,
+    mel_scale: str,
+    norm: str | None,
     log: str,
     top_db: float | None,
 ) -> tuple[Tensor, Tensor]:
+    # The filterbank and window come from the module's buffers, or (None: functional calls) from
+    # the per-device cache — looked up here, where torch.compile does not trace.
+    if fb is None or band_lo is None or band_hi is None:
+        key = (n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate, norm, mel_scale)
+        fb, band_lo, band_hi = _filterbank_on(key, str(waveform.device))
+    if window_ is None:
+        window_ = _window_on(win_length, str(waveform.device))
     return _MEL(
         waveform, lengths, window_, fb, band_lo, band_hi, n_fft, win_length, hop_length, pad,
         power, normalized, center, pad_mode, log, top_db,
@@ -737,13 +753,13 @@ def _mel_op(
 
 
 @_mel_op.register_fake
-def _(waveform, lengths, window_, fb, band_lo, band_hi, n_fft, win_length, hop_length, pad, *rest):
-    center = rest[2]
-    T = _num_frames(waveform.shape[-1], n_fft, hop_length, pad, center)
+def _(waveform, lengths, window_, fb, band_lo, band_hi, sample_rate, n_fft, win_length, hop, *rest):
+    f_min, f_max, pad, n_mels, power, normalized, center = rest[:7]
+    T = _num_frames(waveform.shape[-1], n_fft, hop, pad, center)
     dtype = torch.float64 if waveform.dtype == torch.float64 else torch.float32
     b = waveform.shape[0] if waveform.dim() > 1 else 1
     return (
-        waveform.new_empty(*waveform.shape[:-1], fb.shape[1], T, dtype=dtype),
+        waveform.new_empty(*waveform.shape[:-1], n_mels, T, dtype=dtype),
         waveform.new_empty(b, dtype=torch.int64),
     )
 
@@ -757,11 +773,22 @@ def _mel_setup(ctx, inputs, output):
 
 def _mel_backward(ctx, grad_mel, _grad_flen):
     waveform, lengths, window_, fb, band_lo, band_hi = ctx.saved_tensors
+    (sr, n_fft, win, hop, f_min, f_max, pad, n_mels, power, normalized, center, pad_mode,
+     mel_scale, norm, log, top_db) = ctx.scalars  # fmt: skip
+    if fb is None:
+        fb = _filterbank_on(
+            (n_fft // 2 + 1, f_min, f_max, n_mels, sr, norm, mel_scale), str(waveform.device)
+        )[0]
+    if window_ is None:
+        window_ = _window_on(win, str(waveform.device))
     with torch.enable_grad():
         x = waveform.detach().requires_grad_(True)
-        mel, _ = _mel_reference_impl(x, lengths, window_, fb, band_lo, band_hi, *ctx.scalars)
+        mel, _ = _mel_reference_impl(
+            x, lengths, window_, fb, None, None, n_fft, win, hop, pad, power, normalized, center,
+            pad_mode, log, top_db,
+        )  # fmt: skip
         (gx,) = torch.autograd.grad(mel, x, grad_mel)
-    return (gx,) + (None,) * 15
+    return (gx,) + (None,) * 21
 
 
 _mel_op.register_autograd(_mel_backward, setup_context=_mel_setup)
@@ -811,11 +838,20 @@ def _validate(waveform: object, lengths: object, cfg: MelConfig) -> tuple[Tensor
     return waveform, lengths
 
 
-def _run(waveform, lengths, cfg: MelConfig, window_: Tensor, fb: Tensor, lo: Tensor, hi: Tensor):
+def _run(
+    waveform,
+    lengths,
+    cfg: MelConfig,
+    window_: Tensor | None = None,
+    fb: Tensor | None = None,
+    lo: Tensor | None = None,
+    hi: Tensor | None = None,
+):
     waveform, lengths = _validate(waveform, lengths, cfg)
     mel, flen = _mel_op(
-        waveform, lengths, window_, fb, lo, hi, cfg.n_fft, cfg.win_length, cfg.hop_length,
-        cfg.pad, cfg.power, cfg.normalized, cfg.center, cfg.pad_mode, cfg.log, cfg.top_db,
+        waveform, lengths, window_, fb, lo, hi, cfg.sample_rate, cfg.n_fft, cfg.win_length,
+        cfg.hop_length, cfg.f_min, cfg.f_max, cfg.pad, cfg.n_mels, cfg.power, cfg.normalized,
+        cfg.center, cfg.pad_mode, cfg.mel_scale, cfg.norm, cfg.log, cfg.top_db,
     )  # fmt: skip
     return mel if lengths is None else (mel, flen)
 
@@ -857,9 +893,7 @@ def mel_spectrogram(
         f_min=f_min, f_max=f_max, pad=pad, n_mels=n_mels, power=power, normalized=normalized,
         center=center, pad_mode=pad_mode, mel_scale=mel_scale, norm=norm, log=log, top_db=top_db,
     )  # fmt: skip
-    check_tensor("waveform", waveform, min_ndim=1)
-    dev = waveform.device
-    return _run(waveform, lengths, cfg, window(cfg, dev), *filterbank(cfg, dev))
+    return _run(waveform, lengths, cfg)
 
 
 def mel_spectrogram_reference(
