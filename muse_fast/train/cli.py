@@ -91,7 +91,17 @@ def build_config(args: argparse.Namespace):
     if args.no_progress:
         overrides.append(("progress", False))
     overrides += [parse_set(s) for s in args.overrides]
-    return make_config(args.recipe, config_file=args.config, overrides=overrides)
+    base = None
+    if args.resume:  # continue the run as it was configured (the command line still applies)
+        from .checkpoint import latest_checkpoint, load_config
+        from .config import TrainConfig, from_dict
+
+        out = next((v for k, v in reversed(overrides) if k == "out"), TrainConfig.out)
+        latest = latest_checkpoint(str(out))
+        if latest is not None:
+            base = from_dict(load_config(latest))
+            base.out = str(out)
+    return make_config(args.recipe, config_file=args.config, overrides=overrides, base=base)
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

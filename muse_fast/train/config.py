@@ -12,6 +12,10 @@ A run's configuration is built in layers, later ones winning:
    ``true``/``false``, ``null``, lists) and kept as strings otherwise, then converted to the
    field's type.
 
+``muse-fast pretrain --resume`` starts from the resumed run's saved config instead of 1-2, so
+``muse-fast pretrain --recipe R --out RUN --resume`` continues the run as it was configured (flags
+and ``--set`` still apply on top, e.g. ``--steps`` to train longer).
+
 ``model.*`` keys are passed to ``muse_fast.models.create(recipe.model, **config.model)``.
 """
 
@@ -291,12 +295,19 @@ def make_config(
     *,
     config_file: str | None = None,
     overrides: dict | list[tuple[str, Any]] = (),
+    base: TrainConfig | None = None,
 ) -> TrainConfig:
-    """Defaults < recipe < config file < overrides (see the module docstring)."""
+    """Defaults < recipe < config file < overrides (see the module docstring). With ``base``
+    (a resumed run's config) that replaces the defaults and the recipe."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose from: {', '.join(RECIPES)}")
-    cfg = TrainConfig(recipe=recipe)
-    apply_overrides(cfg, RECIPES[recipe].defaults)
+    if base is not None:
+        if base.recipe != recipe:
+            raise ValueError(f"the run to resume is recipe {base.recipe!r}, not {recipe!r}")
+        cfg = from_dict(to_dict(base))
+    else:
+        cfg = TrainConfig(recipe=recipe)
+        apply_overrides(cfg, RECIPES[recipe].defaults)
     if config_file:
         file_cfg = load_config_file(config_file)
         if "recipe" in file_cfg and file_cfg["recipe"] != recipe:

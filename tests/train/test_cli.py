@@ -26,15 +26,13 @@ def _argv(recipe, out, steps=1, extra=()):
     return argv + list(extra)
 
 
-@pytest.mark.parametrize(
-    "recipe, extra",
-    [(r, ()) for r in RECIPES]
-    + [
-        ("muselq-branchformer", ("--mixer", "attention")),
-        ("myna-hybrid", ("--set", "model.loss=sogclr")),
-    ],
-    ids=list(RECIPES) + ["muselq-attention", "myna-sogclr"],
-)
+_CASES = {r: (r, ()) for r in RECIPES}
+_CASES["muselq-attention"] = ("muselq-branchformer", ("--mixer", "attention"))
+_CASES["myna-sogclr"] = ("myna-hybrid", ("--set", "model.loss=sogclr"))
+_CASES["myna-bf16"] = ("myna-hybrid", ("--precision", "bf16"))
+
+
+@pytest.mark.parametrize("recipe, extra", list(_CASES.values()), ids=list(_CASES))
 def test_every_recipe_pretrains_and_embeds(recipe, extra, tmp_path, one_thread, capsys):
     out = tmp_path / "run"
     assert main(_argv(recipe, out, extra=extra)) == 0
@@ -131,3 +129,19 @@ def test_pretrain_empty_data_folder_message(tmp_path, capsys):
     argv = _argv("myna-hybrid", tmp_path / "run") + ["--data", str(tmp_path / "d")]
     assert main(argv) == 2
     assert "no usable audio" in capsys.readouterr().err
+
+
+def test_resume_from_the_command_line_reuses_the_run_config(tmp_path, one_thread, capsys):
+    out = tmp_path / "run"
+    assert main(_argv("myna-hybrid", out, steps=2)) == 0
+    # no --set model.size=tiny, no batch size: the run's own config is the base
+    assert (
+        main(["pretrain", "--recipe", "myna-hybrid", "--out", str(out), "--resume", "--steps", "3"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "steps 2 -> 3 (resumed from" in err and "batch 2/device" in err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == {"size": "tiny"} and cfg["steps"] == 3
+    assert main(["pretrain", "--recipe", "vit1d", "--out", str(out), "--resume"]) == 2
+    assert "is recipe 'myna-hybrid'" in capsys.readouterr().err
