@@ -279,8 +279,11 @@ class SyntheticMusic(torch.utils.data.Dataset):
             ph = rng.uniform(0, 2 * np.pi, n_harm)
             tab = (amps[:, None] * np.sin(k[:, None] * x[None, :] + ph[:, None])).sum(0)
             tables.append((tab / np.abs(tab).max()).astype(np.float32))
+        # drum noise from its own generator: the score (labels, notes, gains) does not depend on
+        # the sample rate
+        nrng = np.random.default_rng((self.seed, index, 0xD2))
         noise_len = int(0.4 * sr)
-        noise = np.stack([rng.standard_normal(noise_len), rng.standard_normal(noise_len)])
+        noise = np.stack([nrng.standard_normal(noise_len), nrng.standard_normal(noise_len)])
         noise[1] = np.diff(noise[1], prepend=0.0)  # hats: high-passed noise
         noise /= np.abs(noise).max(axis=1, keepdims=True)
 

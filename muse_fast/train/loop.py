@@ -273,9 +273,11 @@ def train(
         own_pg = True
     is_main = rank == 0
     out = Path(cfg.out)
+    threads = torch.get_num_threads()
     try:
         return _train(cfg, resume, model, dataset, stop_at, rank, world, device, is_main, out)
     finally:
+        torch.set_num_threads(threads)
         if own_pg:
             dist.destroy_process_group()
 
@@ -339,6 +341,11 @@ def _train(cfg, resume, model, dataset, stop_at, rank, world, device, is_main, o
         len(dataset), seed=cfg.seed, rank=rank, world_size=world, start=consumed
     )
     workers = cfg.num_workers if cfg.num_workers is not None else _auto_workers(device, world)
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # leave the loader workers and the other ranks their cores: oversubscribed OpenMP
+        # barriers make small CPU kernels many times slower
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (cpus or 1) // world - workers)))
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,
@@ -417,7 +424,11 @@ def _train(cfg, resume, model, dataset, stop_at, rank, world, device, is_main, o
         f"params) on {device} x {world}, {amp_name}, batch {cfg.batch_size}/device, "
         f"steps {step} -> {cfg.steps}" + (f" (resumed from {start_ckpt})" if state else ""),
     )
-    _say(is_main, f"data: {_describe_data(dataset)}; {workers} loader worker(s)/process")
+    _say(
+        is_main,
+        f"data: {_describe_data(dataset)}; {workers} loader worker(s)/process"
+        + (f", {torch.get_num_threads()} CPU thread(s)/process" if device.type == "cpu" else ""),
+    )
 
     def save(at_step: int) -> Path | None:
         rng_all = _gather(_rng_state(device), world)

@@ -46,6 +46,18 @@ def test_deterministic_by_seed():
     assert not np.array_equal(a.track(0), a.track(1))
 
 
+def test_score_does_not_depend_on_sample_rate():
+    a = SyntheticMusic(4, 5.0, 16000, seed=2)
+    b = SyntheticMusic(4, 5.0, 24000, seed=2)
+    for i in range(4):
+        assert _same_labels(a.labels(i), b.labels(i))
+        pa, pb = a._plan(i), b._plan(i)
+        np.testing.assert_array_equal(pa.onset, pb.onset)
+        np.testing.assert_array_equal(pa.freq, pb.freq)
+        np.testing.assert_array_equal(pa.amp, pb.amp)
+    assert b.track(0).shape == (120000,)
+
+
 def test_window_render_matches_full_track():
     ds = SyntheticMusic(2, 5.0, 16000, seed=1)
     full = ds.track(1)
