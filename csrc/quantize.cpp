@@ -12,17 +12,20 @@
 //     chains) and L2-normalized.
 //   * The normalized codebook is packed once per call in groups of 16 codes:
 //     packed[((grp * h) + k) * 16 + lane] = C^[grp * 16 + lane][k], so one code group is two AVX2
-//     registers per k. Lanes past n are NaN: their scores are NaN and never win a strict '>' compare,
-//     so the ragged tail needs no masking.
+//     registers per k. Lanes past n are NaN: their scores are NaN, which the running max skips
+//     and which never compares equal, so the ragged tail needs no masking.
 //   * The codebook is walked in tiles of kTileGroups groups (256 codes, 16 KiB for h = 16) that
 //     stay in L1 while every row of the block is scored against them, kRowsPerPass rows at a time
-//     (register block: rows x 16 codes of accumulators).
-//   * Running arg-max per row and per lane (16 lanes): lane l sees codes l, l+16, l+32, ... in
-//     increasing order and only a strictly greater score replaces its best, so each lane holds
-//     its lowest maximizing index; the final 16-lane reduction takes the largest score and, among
-//     equal scores, the lowest index. Hence ties resolve to the lowest index overall, as
-//     torch.argmin / argmax do. A zero row (x A = 0) scores 0 everywhere and returns 0.
-//   * A row with NaN scores everywhere (NaN in x) returns 0.
+//     (register block: rows x 16 codes of accumulators; h = 16 is a compile-time specialization).
+//   * Arg-max in two passes (see tile_max / find_in_tile): the hot loop keeps only a running
+//     per-lane max (one vmaxps per 8 scores, no index bookkeeping) and, per row, the first tile
+//     whose max strictly exceeds the running best; afterwards that single tile is re-scored
+//     (bit-identical scores) and its lowest code equal to the best is taken. Ties therefore go
+//     to the lowest index overall, as torch.argmin / argmax do. A zero row (x A = 0) scores 0
+//     everywhere and returns 0.
+//   * A row whose scores are all NaN (NaN in x) returns 0.
+// Without AVX2 + FMA the same algorithm runs in scalar code (std::fma, so both passes round
+// identically).
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
@@ -30,6 +33,10 @@
 #include <vector>
 
 #include "common.h"
+
+#ifndef MUSE_RPQ_ROWS
+#define MUSE_RPQ_ROWS 3
+#endif
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -39,8 +46,10 @@
 namespace {
 
 constexpr int kLanes = 16;        // codes per group
-constexpr int kRowBlock = 64;     // rows per OpenMP task
-constexpr int kRowsPerPass = 4;   // rows scored together against one code group
+constexpr int kRowsPerPass = MUSE_RPQ_ROWS;  // rows scored together against one code group
+constexpr int kRowPad = 12;       // row blocks are padded (zero rows) to a multiple of 3 and 4
+constexpr int kRowBlock = 48;     // rows per OpenMP task (a multiple of kRowPad)
+static_assert(kRowPad % kRowsPerPass == 0 && kRowPad % 4 == 0, "row padding");
 constexpr int kTileGroups = 16;   // code groups per L1 tile (256 codes)
 
 struct AlignedFree {
@@ -72,7 +81,7 @@ void gather_rows(const T* x, int64_t row0, int rows, int rows_pad, int64_t d, in
               0.0f);
 }
 
-// y[r, :] = xf[r, :] . Ap for rows_pad rows (a multiple of kRowsPerPass). Ap is (d, h8), h8 a
+// y[r, :] = xf[r, :] . Ap for rows_pad rows (a multiple of 4). Ap is (d, h8), h8 a
 // multiple of 8 with zero columns past h; y is (rows_pad, h8).
 void project_rows(const float* xf, int rows_pad, int64_t d, const float* Ap, int h8, float* y) {
 #ifdef MUSE_RPQ_AVX2
@@ -155,26 +164,34 @@ void normalize_rows(float* y, int rows_pad, int h, int h8) {
     }
 }
 
-// Score kRowsPerPass rows against `groups` code groups starting at code `code0`, updating the
-// per-lane running maxima best[r * 16 + lane] / bidx[r * 16 + lane] (strict '>' keeps the
-// lowest index). H > 0: h known at compile time (the k loop unrolls); H == 0: runtime h.
-template <int H>
-void score_tile(const float* y, int h8, int h_rt, const float* packed, int groups, int32_t code0,
-                float* best, int32_t* bidx) {
-    constexpr int R = kRowsPerPass;
-    const int h = H > 0 ? H : h_rt;
+// ---------------------------------------------------------------------------------------
+// Scoring: two passes per codebook tile.
+//   tile_max:     the largest score of each of R rows over the tile's codes (a running vmaxps
+//                 per lane: no compare/blend/index bookkeeping in the hot loop);
+//   find_in_tile: after all tiles, for each row, re-scores the one tile that first reached the
+//                 row's maximum and returns its lowest code whose score equals it.
+// Both compute every score with the same instruction sequence (acc = fma(y[k], c[k], acc) for
+// k = 0..h-1, starting from 0), so the re-scored values are bit-identical to the first pass.
+// A later tile replaces the running best only when strictly greater, so the first tile holding
+// the maximum is the one re-scored, and the overall result is the lowest maximizing index.
+// The re-scoring costs one tile (256 codes) per row: 1/32 of the work at n = 8192.
+// NaN lanes (padding past n) never win: max_ps(acc, m) keeps m when acc is NaN, and NaN never
+// compares equal.
+// ---------------------------------------------------------------------------------------
 #ifdef MUSE_RPQ_AVX2
-    __m256 bv[R][2];
-    __m256i bi[R][2];
-    for (int r = 0; r < R; ++r) {
-        for (int v = 0; v < 2; ++v) {
-            bv[r][v] = _mm256_loadu_ps(best + r * kLanes + 8 * v);
-            bi[r][v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bidx + r * kLanes + 8 * v));
-        }
-    }
-    __m256i i0 = _mm256_add_epi32(_mm256_set1_epi32(code0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    __m256i i1 = _mm256_add_epi32(i0, _mm256_set1_epi32(8));
-    const __m256i step = _mm256_set1_epi32(kLanes);
+inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+template <int H, int R>
+void tile_max(const float* y, int h8, int h_rt, const float* packed, int groups, float* out) {
+    const int h = H > 0 ? H : h_rt;
+    const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    __m256 m[R][2];
+    for (int r = 0; r < R; ++r) m[r][0] = m[r][1] = ninf;
     for (int gi = 0; gi < groups; ++gi) {
         const float* p = packed + static_cast<int64_t>(gi) * h * kLanes;
         __m256 acc[R][2];
@@ -188,57 +205,65 @@ void score_tile(const float* y, int h8, int h_rt, const float* packed, int group
                 acc[r][1] = _mm256_fmadd_ps(b, c1, acc[r][1]);
             }
         }
-        for (int r = 0; r < R; ++r) {
-            const __m256 m0 = _mm256_cmp_ps(acc[r][0], bv[r][0], _CMP_GT_OQ);
-            const __m256 m1 = _mm256_cmp_ps(acc[r][1], bv[r][1], _CMP_GT_OQ);
-            bv[r][0] = _mm256_blendv_ps(bv[r][0], acc[r][0], m0);
-            bv[r][1] = _mm256_blendv_ps(bv[r][1], acc[r][1], m1);
-            bi[r][0] = _mm256_castps_si256(_mm256_blendv_ps(
-                _mm256_castsi256_ps(bi[r][0]), _mm256_castsi256_ps(i0), m0));
-            bi[r][1] = _mm256_castps_si256(_mm256_blendv_ps(
-                _mm256_castsi256_ps(bi[r][1]), _mm256_castsi256_ps(i1), m1));
-        }
-        i0 = _mm256_add_epi32(i0, step);
-        i1 = _mm256_add_epi32(i1, step);
-    }
-    for (int r = 0; r < R; ++r) {
-        for (int v = 0; v < 2; ++v) {
-            _mm256_storeu_ps(best + r * kLanes + 8 * v, bv[r][v]);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(bidx + r * kLanes + 8 * v), bi[r][v]);
+        for (int r = 0; r < R; ++r) {  // second operand returned when the first is NaN
+            m[r][0] = _mm256_max_ps(acc[r][0], m[r][0]);
+            m[r][1] = _mm256_max_ps(acc[r][1], m[r][1]);
         }
     }
-#else
-    for (int gi = 0; gi < groups; ++gi) {
-        const float* p = packed + static_cast<int64_t>(gi) * h * kLanes;
-        for (int r = 0; r < R; ++r) {
-            float acc[kLanes] = {};
-            const float* yr = y + r * h8;
-            for (int k = 0; k < h; ++k) {
-                for (int l = 0; l < kLanes; ++l) acc[l] += yr[k] * p[k * kLanes + l];
-            }
-            for (int l = 0; l < kLanes; ++l) {
-                if (acc[l] > best[r * kLanes + l]) {  // false for NaN (padding lanes)
-                    best[r * kLanes + l] = acc[l];
-                    bidx[r * kLanes + l] = code0 + gi * kLanes + l;
-                }
-            }
-        }
-    }
-#endif
+    for (int r = 0; r < R; ++r) out[r] = hmax8(_mm256_max_ps(m[r][0], m[r][1]));
 }
 
-// Largest score over the 16 lanes; among equal scores the lowest index.
-inline int64_t reduce_lanes(const float* best, const int32_t* bidx) {
-    float bv = best[0];
-    int32_t bi = bidx[0];
-    for (int l = 1; l < kLanes; ++l) {
-        if (best[l] > bv || (best[l] == bv && bidx[l] < bi)) {
-            bv = best[l];
-            bi = bidx[l];
+template <int H>
+int32_t find_in_tile(const float* y, int h_rt, const float* packed, int groups, float target) {
+    const int h = H > 0 ? H : h_rt;
+    const __m256 t = _mm256_set1_ps(target);
+    for (int gi = 0; gi < groups; ++gi) {
+        const float* p = packed + static_cast<int64_t>(gi) * h * kLanes;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int k = 0; k < h; ++k) {
+            const __m256 b = _mm256_broadcast_ss(y + k);
+            a0 = _mm256_fmadd_ps(b, _mm256_load_ps(p + k * kLanes), a0);
+            a1 = _mm256_fmadd_ps(b, _mm256_load_ps(p + k * kLanes + 8), a1);
+        }
+        const unsigned mask =
+            static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a0, t, _CMP_EQ_OQ))) |
+            (static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a1, t, _CMP_EQ_OQ))) << 8);
+        if (mask != 0) return gi * kLanes + __builtin_ctz(mask);
+    }
+    return -1;
+}
+#else
+template <int H, int R>
+void tile_max(const float* y, int h8, int h_rt, const float* packed, int groups, float* out) {
+    const int h = H > 0 ? H : h_rt;
+    for (int r = 0; r < R; ++r) {
+        float m = -std::numeric_limits<float>::infinity();
+        for (int gi = 0; gi < groups; ++gi) {
+            const float* p = packed + static_cast<int64_t>(gi) * h * kLanes;
+            for (int l = 0; l < kLanes; ++l) {
+                float acc = 0.0f;
+                for (int k = 0; k < h; ++k) acc = std::fma(y[r * h8 + k], p[k * kLanes + l], acc);
+                if (acc > m) m = acc;  // false for NaN
+            }
+        }
+        out[r] = m;
+    }
+}
+
+template <int H>
+int32_t find_in_tile(const float* y, int h_rt, const float* packed, int groups, float target) {
+    const int h = H > 0 ? H : h_rt;
+    for (int gi = 0; gi < groups; ++gi) {
+        const float* p = packed + static_cast<int64_t>(gi) * h * kLanes;
+        for (int l = 0; l < kLanes; ++l) {
+            float acc = 0.0f;
+            for (int k = 0; k < h; ++k) acc = std::fma(y[k], p[k * kLanes + l], acc);
+            if (acc == target) return gi * kLanes + l;
         }
     }
-    return bi;
+    return -1;
 }
+#endif
 
 template <typename T>
 void rpq_forward_impl(const T* x, int64_t N, int64_t d, int64_t s0, int64_t s1, const float* A,
@@ -272,43 +297,56 @@ void rpq_forward_impl(const T* x, int64_t N, int64_t d, int64_t s0, int64_t s1, 
     }
 
     const int64_t nblocks = (N + kRowBlock - 1) / kRowBlock;
+    const int64_t ntiles = (ngroups + kTileGroups - 1) / kTileGroups;
+    const int hi = static_cast<int>(h);
 #pragma omp parallel
     {
-        constexpr int RB = (kRowBlock + kRowsPerPass - 1) / kRowsPerPass * kRowsPerPass;
+        constexpr int RB = kRowBlock;
         FloatBuf xf = alloc_floats(static_cast<size_t>(RB * d));
         FloatBuf y = alloc_floats(static_cast<size_t>(RB * h8));
-        std::vector<float> best(static_cast<size_t>(RB) * kLanes);
-        std::vector<int32_t> bidx(static_cast<size_t>(RB) * kLanes);
+        std::vector<float> best(RB);
+        std::vector<int32_t> best_tile(RB);
+        float tmax[kRowsPerPass];
 #pragma omp for schedule(dynamic, 1)
         for (int64_t blk = 0; blk < nblocks; ++blk) {
             const int64_t row0 = blk * kRowBlock;
             const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, N - row0));
-            const int rows_pad = (rows + kRowsPerPass - 1) / kRowsPerPass * kRowsPerPass;
+            const int rows_pad = (rows + kRowPad - 1) / kRowPad * kRowPad;
             gather_rows(x, row0, rows, rows_pad, d, s0, s1, xf.get());
             for (int64_t g = 0; g < G; ++g) {
                 project_rows(xf.get(), rows_pad, d, Ap.get() + g * d * h8, h8, y.get());
-                normalize_rows(y.get(), rows_pad, static_cast<int>(h), h8);
+                normalize_rows(y.get(), rows_pad, hi, h8);
                 std::fill(best.begin(), best.end(), -std::numeric_limits<float>::infinity());
-                std::fill(bidx.begin(), bidx.end(), 0);
+                std::fill(best_tile.begin(), best_tile.end(), 0);
                 const float* Pg = P.get() + g * per_group;
-                for (int64_t t0 = 0; t0 < ngroups; t0 += kTileGroups) {
+                for (int64_t t = 0; t < ntiles; ++t) {
+                    const int64_t t0 = t * kTileGroups;
                     const int groups = static_cast<int>(std::min<int64_t>(kTileGroups, ngroups - t0));
                     const float* tile = Pg + t0 * h * kLanes;
-                    const int32_t code0 = static_cast<int32_t>(t0 * kLanes);
                     for (int r0 = 0; r0 < rows_pad; r0 += kRowsPerPass) {
-                        float* yb = y.get() + static_cast<int64_t>(r0) * h8;
-                        float* bb = best.data() + r0 * kLanes;
-                        int32_t* ib = bidx.data() + r0 * kLanes;
+                        const float* yb = y.get() + static_cast<int64_t>(r0) * h8;
                         if (h == 16) {
-                            score_tile<16>(yb, h8, 16, tile, groups, code0, bb, ib);
+                            tile_max<16, kRowsPerPass>(yb, h8, 16, tile, groups, tmax);
                         } else {
-                            score_tile<0>(yb, h8, static_cast<int>(h), tile, groups, code0, bb, ib);
+                            tile_max<0, kRowsPerPass>(yb, h8, hi, tile, groups, tmax);
+                        }
+                        for (int r = 0; r < kRowsPerPass; ++r) {
+                            if (tmax[r] > best[r0 + r]) {  // strict: the first tile keeps ties
+                                best[r0 + r] = tmax[r];
+                                best_tile[r0 + r] = static_cast<int32_t>(t);
+                            }
                         }
                     }
                 }
                 for (int r = 0; r < rows; ++r) {
-                    out[(row0 + r) * G + g] =
-                        reduce_lanes(best.data() + r * kLanes, bidx.data() + r * kLanes);
+                    const int64_t t0 = static_cast<int64_t>(best_tile[r]) * kTileGroups;
+                    const int groups = static_cast<int>(std::min<int64_t>(kTileGroups, ngroups - t0));
+                    const float* tile = Pg + t0 * h * kLanes;
+                    const float* yr = y.get() + static_cast<int64_t>(r) * h8;
+                    const int32_t j = h == 16 ? find_in_tile<16>(yr, 16, tile, groups, best[r])
+                                              : find_in_tile<0>(yr, hi, tile, groups, best[r]);
+                    // j < 0 only when no score is comparable (NaN in x): index 0
+                    out[(row0 + r) * G + g] = j < 0 ? 0 : t0 * kLanes + j;
                 }
             }
         }
