@@ -26,14 +26,16 @@ from .. import cli as _cli
 HELP = "probe frozen embeddings on a task (key, beat, chord, genre, tagging) with baselines"
 
 
-def _layer(text: str) -> int | None:
+def _layer(text: str) -> int | str | None:
     if text in ("none", "None", "default"):
         return None
+    if text == "all":
+        return "all"
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a block index (int) or 'default', got {text!r}"
+            f"expected a block index (int), 'all' or 'default', got {text!r}"
         ) from None
 
 
@@ -59,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--layer",
         type=_layer,
         default=None,
-        help="block index to embed from (default: the model's embedding)",
+        help="block index to embed from, or 'all' (rows per block); default: the model's embedding",
     )
     p.add_argument(
         "--probe",
@@ -168,14 +170,24 @@ def run(args: argparse.Namespace) -> int:
     say(f"task {task!r}: {task.description}")
     say(f"encoder: {spec.describe()} on {device}")
     main_name = "pretrained" if spec.kind == "checkpoint" else "random-init"
-    extractors = [
-        EncoderFeatures(model, name=main_name, layer=args.layer, batch_size=args.batch_size)
-    ]
+    if args.layer == "all":
+        depth = getattr(getattr(model, "config", None), "depth", None)
+        if not isinstance(depth, int):
+            print(
+                "muse-fast probe: --layer all: the model's config has no 'depth'", file=sys.stderr
+            )
+            return 2
+        layers = [(k, f"@L{k}") for k in range(depth)]
+    else:
+        layers = [(args.layer, "" if args.layer is None else f"@L{args.layer}")]
+    encoders = [(main_name, model)]
     if "random" in baselines and spec.kind == "checkpoint":
-        rnd, _ = random_init_like(spec, device)
-        extractors.append(
-            EncoderFeatures(rnd, name="random-init", layer=args.layer, batch_size=args.batch_size)
-        )
+        encoders.append(("random-init", random_init_like(spec, device)[0]))
+    extractors = [
+        EncoderFeatures(m, name=name + tag, layer=k, batch_size=args.batch_size)
+        for k, tag in layers
+        for name, m in encoders
+    ]
     if "handcrafted" in baselines:
         extractors.append(HandcraftedFeatures(task.handcrafted))
     settings = default_settings(task)
