@@ -156,6 +156,24 @@ def _audio_files(root: Path) -> list[Path]:
     )
 
 
+def _readable(path: Path) -> bool:
+    """Whether soundfile can read the file's header (GTZAN ships a corrupt jazz.00054.wav)."""
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).frames > 0
+    except Exception:
+        return False
+
+
+def _warn_skipped(task: str, bad: list[str]) -> None:
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        log.warning(
+            "%s: %d unreadable audio files skipped: %s%s", task, len(bad), ", ".join(bad[:3]), more
+        )
+
+
 def _check_root(root: str | os.PathLike) -> Path:
     r = Path(root).expanduser()
     if not r.is_dir():
@@ -188,7 +206,7 @@ def _find_split_files(root: Path) -> dict[str, Path] | None:
 
 
 def _read_split_files(
-    files: dict[str, Path], names: Sequence[Sequence[str]]
+    files: dict[str, Path], names: Sequence[Sequence[str]], skipped: Sequence[str] = ()
 ) -> dict[str, list[int]]:
     """Resolve each line of each split file to a track: ``names[i]`` are the strings track ``i``
     answers to (relative path, file name, stem)."""
@@ -207,6 +225,8 @@ def _read_split_files(
                     continue
                 entry = entry.split("\t")[0].strip().replace("\\", "/")
                 i = lookup.get(entry, lookup.get(entry.rsplit("/", 1)[-1]))
+                if i is None and (entry in skipped or entry.rsplit("/", 1)[-1] in skipped):
+                    continue  # an unreadable file, already reported
                 if i is None:
                     raise ValueError(f"{f}, line {lineno}: no track {entry!r} in the data folder")
                 if i in seen:
@@ -220,11 +240,15 @@ def _read_split_files(
 
 
 def _splits(
-    root: Path, tracks: list[Track], names: Sequence[Sequence[str]], split_seed: int
+    root: Path,
+    tracks: list[Track],
+    names: Sequence[Sequence[str]],
+    split_seed: int,
+    skipped: Sequence[str] = (),
 ) -> tuple[dict[str, list[Track]], str]:
     files = _find_split_files(root)
     if files is not None:
-        idx = _read_split_files(files, names)
+        idx = _read_split_files(files, names, skipped)
         how = "split files " + ", ".join(str(f) for f in files.values())
         stamp = [_file_stamp(str(f)) for f in files.values()]
     else:
@@ -259,7 +283,7 @@ def giantsteps_key(root: str | os.PathLike, *, split_seed: int = 0) -> Task:
         raise ValueError(
             f"{r}: no .key annotation files found (GiantSteps layout: audio + .key files)"
         )
-    tracks, names, stamps = [], [], []
+    tracks, names, stamps, bad = [], [], [], []
     unlabelled = 0
     for a in _audio_files(r):
         kf = keys.get(a.stem)
@@ -268,6 +292,9 @@ def giantsteps_key(root: str | os.PathLike, *, split_seed: int = 0) -> Task:
             continue
         label = _read_key_file(kf)
         rel = a.relative_to(r).as_posix()
+        if not _readable(a):
+            bad += [rel, a.name, a.stem]
+            continue
         tracks.append(Track(id=rel, label=label, path=str(a)))
         names.append((rel, a.name, a.stem))
         stamps.append((_file_stamp(str(a)), label))
@@ -277,7 +304,8 @@ def giantsteps_key(root: str | os.PathLike, *, split_seed: int = 0) -> Task:
         )
     if unlabelled:
         log.warning("giantsteps-key: %d audio files without a .key file skipped", unlabelled)
-    splits, how = _splits(r, tracks, names, split_seed)
+    _warn_skipped("giantsteps-key", bad[::3])
+    splits, how = _splits(r, tracks, names, split_seed, bad)
     return Task(
         name="giantsteps-key",
         target="key",
@@ -311,16 +339,20 @@ def gtzan(root: str | os.PathLike, *, split_seed: int = 0) -> Task:
     )
     if len(genres) < 2:
         raise ValueError(f"{groot}: need at least 2 genre folders, found {genres}")
-    tracks, names, stamps = [], [], []
+    tracks, names, stamps, bad = [], [], [], []
     for gi, g in enumerate(genres):
         for a in sorted((groot / g).iterdir()):
             if not (a.is_file() and a.suffix.lower() in AUDIO_EXTENSIONS):
                 continue
             rel = f"{g}/{a.name}"
+            if not _readable(a):
+                bad += [rel, a.name, a.stem]
+                continue
             tracks.append(Track(id=rel, label=gi, path=str(a)))
             names.append((rel, a.name, a.stem))
             stamps.append(_file_stamp(str(a)))
-    splits, how = _splits(r, tracks, names, split_seed)
+    _warn_skipped("gtzan", bad[::3])
+    splits, how = _splits(r, tracks, names, split_seed, bad)
     return Task(
         name="gtzan",
         target="genre",

@@ -129,6 +129,22 @@ def test_gtzan_filtered_split_files(tmp_path):
     assert _ids(task)["valid"] == ["blues/blues.00001.wav"]
 
 
+def test_gtzan_skips_unreadable_audio(tmp_path, caplog):
+    for genre in GENRES:
+        for i in range(2):
+            _tone(tmp_path / "genres" / genre / f"{genre}.{i:05d}.wav", 220)
+    (tmp_path / "genres" / "jazz" / "jazz.00054.wav").write_bytes(
+        b"RIFF....WAVEjunk"
+    )  # as in GTZAN
+    (tmp_path / "train.txt").write_text("blues.00000.wav\njazz/jazz.00054.wav\nblues.00001.wav\n")
+    (tmp_path / "valid.txt").write_text("classical/classical.00000.wav\njazz.00000.wav\n")
+    (tmp_path / "test.txt").write_text("classical/classical.00001.wav\njazz.00001.wav\n")
+    with caplog.at_level("WARNING", logger="muse_fast.eval"):
+        task = gtzan(tmp_path)
+    assert "jazz/jazz.00054.wav" in caplog.text
+    assert _ids(task)["train"] == ["blues/blues.00000.wav", "blues/blues.00001.wav"]
+
+
 def test_gtzan_errors(tmp_path):
     _tone(tmp_path / "genres" / "blues" / "blues.00000.wav", 220)
     with pytest.raises(ValueError, match="at least 2 genre folders"):
