@@ -42,7 +42,8 @@ void random_token_mask(std::uintptr_t seed_ptr, int64_t batch, int64_t length, i
     const uint64_t seed = static_cast<uint64_t>(*muse::ptr<int64_t>(seed_ptr));
     int64_t* out = muse::ptr<int64_t>(out_ptr);
     py::gil_scoped_release nogil;
-#pragma omp parallel
+    // small problems stay on one thread: waking a team costs more than the work
+#pragma omp parallel if (batch * length >= 32768)
     {
         std::vector<uint64_t> packed(length), sel(length);
 #pragma omp for schedule(static)
@@ -79,7 +80,7 @@ void gather_rows(std::uintptr_t x_ptr, std::uintptr_t idx_ptr, std::uintptr_t ou
     char* out = muse::ptr<char>(out_ptr);
     const int64_t row = dim * elem_size;
     py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(static) if (batch * n_keep * row > 65536)
+#pragma omp parallel for schedule(static) if (batch * n_keep * row >= (1 << 18))
     for (int64_t r = 0; r < batch * n_keep; ++r) {
         const int64_t b = r / n_keep;
         const int64_t l = idx[r];
@@ -91,7 +92,7 @@ void gather_rows(std::uintptr_t x_ptr, std::uintptr_t idx_ptr, std::uintptr_t ou
 template <typename T>
 void scatter_add_rows_impl(const T* g, const int64_t* idx, T* out, int64_t batch, int64_t length,
                            int64_t n_keep, int64_t dim) {
-#pragma omp parallel for schedule(static) if (batch * n_keep * dim > 65536)
+#pragma omp parallel for schedule(static) if (batch * n_keep * dim >= (1 << 16))
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t k = 0; k < n_keep; ++k) {
             const T* src = g + (b * n_keep + k) * dim;
@@ -150,7 +151,7 @@ template <typename T>
 void patch_gather_impl(const T* spec, const PatchGeom& g, const int64_t* idx, int64_t batch,
                        int64_t n_keep, double eps, T* out) {
     using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
-#pragma omp parallel
+#pragma omp parallel if (batch * n_keep * g.K >= (1 << 16))
     {
         std::vector<Acc> buf(g.K);
 #pragma omp for schedule(static)
@@ -177,7 +178,7 @@ void patch_scatter_impl(const T* grad, const T* spec, const PatchGeom& g, const 
                         T* out) {
     using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
     const int64_t o1 = H * W, o0 = g.C * H * W;
-#pragma omp parallel
+#pragma omp parallel if (batch * n_keep * g.K >= (1 << 16))
     {
         std::vector<Acc> xv(g.K), gv(g.K);
 #pragma omp for schedule(static)
@@ -263,7 +264,7 @@ void span_mask(std::uintptr_t seed_ptr, int64_t batch, int64_t frames, int64_t s
     bool* out = muse::ptr<bool>(out_ptr);
     const int64_t n_spans = frames / span;
     py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(static) if (batch * frames > 65536)
+#pragma omp parallel for schedule(static) if (batch * frames >= (1 << 20))
     for (int64_t b = 0; b < batch; ++b) {
         bool* o = out + b * frames;
         for (int64_t s = 0; s < n_spans; ++s) {
@@ -281,7 +282,7 @@ void span_mask(std::uintptr_t seed_ptr, int64_t batch, int64_t frames, int64_t s
 template <typename T>
 void span_noise_fill_impl(const T* x, const bool* mask, uint64_t seed, int64_t batch, int64_t frames,
                           int64_t dim, float noise_std, T* out) {
-#pragma omp parallel for schedule(static) if (batch * frames * dim > 65536)
+#pragma omp parallel for schedule(static) if (batch * frames * dim >= (1 << 15))
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t t = 0; t < frames; ++t) {
             const int64_t off = (b * frames + t) * dim;

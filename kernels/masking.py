@@ -1,8 +1,10 @@
 """Triton kernels for muse_fast.ops.masking (launchers included; no autograd, no dispatch).
 
-* ``random_token_mask``: per row, Philox keys → ``tl.sort`` of ``(key << 32) | index`` → the
-  n_keep-th smallest is the threshold → kept indices written in order through a ``tl.cumsum``.
-  Several rows per program when rows are short (Myna: 48 tokens a row).
+* ``random_token_mask``: per row, Philox keys packed as ``(key << 32) | index`` → a radix
+  select (bit by bit, compare-and-count) finds the n_keep-th smallest as the threshold → kept
+  indices written in order through a ``tl.cumsum``. No sort (``tl.sort`` is a bitonic network
+  that Triton's interpreter runs element by element). Several rows per program when rows are
+  short (Myna: 48 tokens a row).
 * ``gather_tokens`` / ``scatter_add_tokens``: token rows copied / accumulated (fp32 atomics, so
   repeated indices add up as the gradient of a gather must).
 * ``masked_patch_embed``: gathers only the kept patches straight from the spectrogram
@@ -36,7 +38,10 @@ def _interpret() -> bool:
 # random_token_mask
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _token_mask_kernel(seed_ptr, out_ptr, B, L, n_keep, ROWS: tl.constexpr, BLOCK_L: tl.constexpr):
+def _token_mask_kernel(
+    seed_ptr, out_ptr, B, L, n_keep,
+    ROWS: tl.constexpr, BLOCK_L: tl.constexpr, LOG_L: tl.constexpr,
+):  # fmt: skip
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # (ROWS,)
     cols = tl.arange(0, BLOCK_L)  # (BLOCK_L,)
     row_ok = rows < B
@@ -47,11 +52,21 @@ def _token_mask_kernel(seed_ptr, out_ptr, B, L, n_keep, ROWS: tl.constexpr, BLOC
     c1 = zero + rows[:, None].to(tl.uint32)
     w0, _, _, _ = philox4x32(k0, k1, c0, c1, zero, zero)
     key = (w0 >> 1).to(tl.int64)  # 31 bits
-    packed = (key << 32) | cols[None, :].to(tl.int64)
+    packed = (key << 32) | cols[None, :].to(tl.int64)  # unique per row: ties broken by index
     packed = tl.where(valid, packed, 0x7FFFFFFFFFFFFFFF)
-    ordered = tl.sort(packed, dim=1)
-    thr = tl.sum(tl.where(cols[None, :] == n_keep - 1, ordered, 0), axis=1)  # (ROWS,)
-    keep = valid & (packed <= thr[:, None])
+    # Radix select of v = the n_keep-th smallest packed value of each row: the largest v with
+    # #{x < v} < n_keep, built bit by bit over the bits a packed value can have set (31 key
+    # bits, then LOG_L index bits). No sort: 31 + LOG_L compare-and-count passes.
+    v = tl.zeros([ROWS], dtype=tl.int64)
+    for i in tl.static_range(31):
+        t = v + (1 << (62 - i))
+        cnt = tl.sum((packed < t[:, None]).to(tl.int32), axis=1)
+        v = tl.where(cnt < n_keep, t, v)
+    for i in tl.static_range(LOG_L):
+        t = v + (1 << (LOG_L - 1 - i))
+        cnt = tl.sum((packed < t[:, None]).to(tl.int32), axis=1)
+        v = tl.where(cnt < n_keep, t, v)
+    keep = valid & (packed <= v[:, None])  # exactly n_keep per row
     pos = tl.cumsum(keep.to(tl.int32), axis=1) - 1
     offs = rows[:, None].to(tl.int64) * n_keep + pos
     tl.store(out_ptr + offs, (zero + cols[None, :]).to(tl.int64), mask=keep)
@@ -62,19 +77,14 @@ def random_token_mask(seed: torch.Tensor, batch: int, length: int, n_keep: int) 
     if batch == 0:
         return out
     BLOCK_L = triton.next_power_of_2(length)
-    cap = 8192 if _interpret() else 2048  # elements sorted per program
+    cap = 1 << 16 if _interpret() else 2048  # elements per program
     ROWS = max(1, min(triton.next_power_of_2(batch), cap // BLOCK_L))
     grid = (triton.cdiv(batch, ROWS),)
     _token_mask_kernel[grid](
-        seed.reshape(1),
-        out,
-        batch,
-        length,
-        n_keep,
-        ROWS=ROWS,
-        BLOCK_L=BLOCK_L,
+        seed.reshape(1), out, batch, length, n_keep,
+        ROWS=ROWS, BLOCK_L=BLOCK_L, LOG_L=BLOCK_L.bit_length() - 1,
         num_warps=4 if ROWS * BLOCK_L <= 2048 else 8,
-    )
+    )  # fmt: skip
     return out
 
 
@@ -216,7 +226,7 @@ def _patch_embed_kernel(
     idx_ptr, w_ptr, bias_ptr, pos_ptr, out_ptr,
     M, n_keep, N, C, gw, ph, pw, K, D, eps,
     HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_POS: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -241,7 +251,10 @@ def _patch_embed_kernel(
             mask=k_ok[:, None] & n_ok[None, :],
             other=0.0,
         )  # (BLOCK_K, BLOCK_N) = weight.T tile
-        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+        if UPCAST_DOT:  # the interpreter multiplies bf16 bit patterns as integers
+            acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc)
+        else:
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     om = r_ok[:, None] & n_ok[None, :]
@@ -299,7 +312,8 @@ def masked_patch_embed(
         pos_embed if pos_embed is not None else dummy, out,
         M, n_keep, gh * gw, C, gw, ph, pw, K, D, float(norm_eps) if norm_eps is not None else 0.0,
         HAS_NORM=norm_eps is not None, HAS_BIAS=bias is not None, HAS_POS=pos_embed is not None,
-        PRECISION=precision, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+        PRECISION=precision, UPCAST_DOT=_interpret() and weight.dtype == torch.bfloat16,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
         num_warps=4,
     )  # fmt: skip
     return out
