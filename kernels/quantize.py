@@ -47,7 +47,7 @@ import triton.language as tl
 DOT_PRECISION = "tf32x3"
 # Programs along the row axis per launch; larger N is launched in chunks (tests shrink it).
 MAX_GRID_ROWS = 65535
-_BIG_INDEX = 2147483647
+_BIG_INDEX: tl.constexpr = tl.constexpr(2147483647)  # globals in @jit code must be constexpr
 
 
 @triton.jit

@@ -309,3 +309,52 @@ def test_custom_op_traces_under_torch_compile():
     compiled = torch.compile(random_projection_quantize, fullgraph=True, backend="eager")
     assert torch.equal(compiled(x, a, c), expected)
     torch.library.opcheck(Q._rpq_op, (x, a, c), test_utils=("test_schema", "test_faketensor"))
+
+
+_AOT_SCRIPT = """
+import importlib.util, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+spec = importlib.util.spec_from_file_location("rpq_kernels", sys.argv[1])  # not all of muse_fast
+K = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(K)
+
+sig = {
+    **dict.fromkeys(["x_ptr", "a_ptr", "c_ptr"], "*fp32"),
+    "out_ptr": "*i64",
+    **dict.fromkeys(["N", "D", "H", "NC", "stride_xd", "stride_ag", "stride_ad"], "i32"),
+    **dict.fromkeys(["stride_xn", "stride_cg", "stride_cn", "stride_on"], "i64"),
+    **dict.fromkeys(["BLOCK_N", "BLOCK_D", "BLOCK_H", "BLOCK_C", "PRECISION"], "constexpr"),
+}
+sig["x_ptr"] = "*bf16"
+consts = {"BLOCK_N": 128, "BLOCK_D": 64, "BLOCK_H": 16, "BLOCK_C": 128, "PRECISION": K.DOT_PRECISION}
+k = triton.compile(ASTSource(K._rpq_fwd_kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": 8, "num_stages": 2})
+print("WGMMA", k.asm["ptx"].count("wgmma.mma_async"))
+"""
+
+
+def test_triton_kernel_compiles_for_h100():
+    """Ahead-of-time compile for sm_90, no GPU needed (a subprocess without TRITON_INTERPRET):
+    catches what the interpreter accepts but the compiler rejects (non-constexpr globals, dot
+    shapes, precision modes)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    from muse_fast.kernels import quantize as K
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT, K.__file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0 and "ptxas" in proc.stderr.lower() and "not found" in proc.stderr:
+        pytest.skip("no ptxas in this triton install")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split("WGMMA")[-1]) > 0  # tf32x3 runs on the tensor cores
