@@ -40,6 +40,9 @@ using muse::f16_t;
 constexpr int64_t kPad = 16;  // Dp and Mp are multiples of this
 constexpr int64_t BM = 64;    // rows per block (one OpenMP work item)
 constexpr int64_t BN = 256;   // columns per similarity tile
+// below this much work (multiply-adds) a call runs on one thread: waking an OpenMP team costs
+// more than it saves, and far more on an oversubscribed machine
+constexpr int64_t kParallelWork = int64_t(1) << 22;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -219,7 +222,8 @@ void prepare(const S* z, int64_t M, int64_t D, int64_t stride, bool normalize, T
     constexpr int NR = Traits<T>::NR;
     const int64_t Dp = round_up(D, kPad);
     const int64_t Mp = round_up(M, kPad);
-#pragma omp parallel for schedule(static)
+    const bool par = M * M * D >= kParallelWork;
+#pragma omp parallel for schedule(static) if (par)
     for (int64_t i = 0; i < M; ++i) {
         const S* zi = z + i * stride;
         T* out = sc.zn + i * Dp;
@@ -236,7 +240,7 @@ void prepare(const S* z, int64_t M, int64_t D, int64_t stride, bool normalize, T
         for (int64_t d = D; d < Dp; ++d) out[d] = 0;
     }
     const int64_t npanel = Mp / NR;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (par)
     for (int64_t p = 0; p < npanel; ++p) {
         T* panel = sc.zp + p * Dp * NR;
         for (int64_t j = 0; j < NR; ++j) {
@@ -346,7 +350,7 @@ void forward(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_pos, 
              T* lse, T* pos, T* tout) {
     constexpr T NEG = Traits<T>::NEG;
     const int64_t nb1 = (g.row_count + BM - 1) / BM;
-#pragma omp parallel
+#pragma omp parallel if (2 * g.row_count * g.M * g.D >= kParallelWork)
     {
         std::vector<T> S(BM * BN);
         std::vector<T> m(BM), l(BM), t(BM), ps(BM);
@@ -399,7 +403,7 @@ void backward(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_pos,
               T eps, const T* c, T alpha, S* dz, int64_t dz_stride) {
     const int64_t nblocks = (g.M + BM - 1) / BM;
     const int64_t Dp = g.Dp;
-#pragma omp parallel
+#pragma omp parallel if (g.M * g.M * g.D >= kParallelWork)
     {
         std::vector<T> W(BM * BN);
         std::vector<T> acc(BM * Dp);

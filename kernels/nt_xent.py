@@ -143,8 +143,8 @@ def _fwd_kernel(
         valid = cmask[None, :] & (cols[None, :] != rows[:, None])
         if EXCLUDE_POS:
             valid = valid & (cols[None, :] != prow[:, None])
-        logit = s * beta
-        m_new = tl.maximum(m_i, tl.max(tl.where(valid, logit, _NEG), axis=1))
+        logit = tl.where(valid, s * beta, _NEG)  # masked before any exp: nothing overflows
+        m_new = tl.maximum(m_i, tl.max(logit, axis=1))
         scale = tl.exp(m_i - m_new)
         p = tl.where(valid, tl.exp(logit - m_new[:, None]), 0.0)
         l_i = l_i * scale + tl.sum(p, axis=1)
@@ -197,13 +197,14 @@ def _bwd_kernel(
             if NORMALIZE:
                 rn_k = tl.load(rn_ptr + cols, mask=cmask, other=0.0)
                 s = s * rn_i[:, None] * rn_k[None, :]
-            logit = s * beta
             c_k = tl.load(c_ptr + cols, mask=cmask, other=_INF)
             valid = cmask[None, :] & (cols[None, :] != rows[:, None])
             is_pos = cols[None, :] == prow[:, None]
             if EXCLUDE_POS:
                 valid = valid & (~is_pos)
-            w = tl.where(valid, tl.exp(logit - c_i[:, None]) + tl.exp(logit - c_k[None, :]), 0.0)
+            # masked logits are _NEG before the exp, so exp(. - c) is 0 there (c > -inf)
+            logit = tl.where(valid, s * beta, _NEG)
+            w = tl.exp(logit - c_i[:, None]) + tl.exp(logit - c_k[None, :])
             w = tl.where(is_pos & ract[:, None], w - 2.0, w)
             zk = tl.load(
                 z_ptr + cols.to(tl.int64)[:, None] * stride + do[None, :],

@@ -420,7 +420,7 @@ def _nt_xent_backward(ctx, grad_loss, grad_lse):
 _nt_xent_op.register_autograd(_nt_xent_backward, setup_context=_nt_xent_setup)
 
 
-def _check_pair(z1, z2, temperature, normalize) -> int:
+def _check_pair(z1, z2, temperature, normalize, min_pairs: int = 2) -> int:
     check_tensor("z1", z1, ndim=2, dtypes=FLOATING)
     check_tensor("z2", z2, ndim=2, dtypes=FLOATING)
     if z2.shape != z1.shape:
@@ -429,10 +429,10 @@ def _check_pair(z1, z2, temperature, normalize) -> int:
         raise TypeError(f"z2: expected the dtype of z1 ({z1.dtype}), got {z2.dtype}")
     check_same_device(z1=z1, z2=z2)
     n, d = z1.shape
-    if n < 2:
+    if n < min_pairs:
         raise ValueError(
-            f"z1: contrastive losses need at least 2 pairs (N >= 2), got N = {n}: with one pair "
-            "the only other row is the positive and there is no negative"
+            f"z1: contrastive losses need at least {min_pairs} pair(s) (N >= {min_pairs}), got "
+            f"N = {n}: with one pair the only other row is the positive — there is no negative"
         )
     if d < 1:
         raise ValueError(f"z1: expected at least one feature, got shape {tuple(z1.shape)}")

@@ -1,0 +1,362 @@
+"""nt_xent and global_contrastive_loss: reference semantics, every kernel against it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import kernel_cases
+
+import muse_fast
+from muse_fast.ops import (
+    global_contrastive_loss,
+    global_contrastive_loss_reference,
+    nt_xent,
+    nt_xent_reference,
+)
+from muse_fast.ops.nt_xent import nt_xent_rows
+from muse_fast.testing import assert_close, assert_within_eager_error
+
+KERNELS = kernel_cases("nt_xent")
+ALL = [pytest.param("reference", "cpu", id="reference"), *KERNELS]
+
+
+def _naive_nt_xent(z1, z2, tau, normalize=True):
+    """Loops over Python floats: an implementation that shares nothing with the reference."""
+    rows = [list(map(float, r)) for r in torch.cat([z1, z2]).tolist()]
+    if normalize:
+        rows = [[v / max(math.sqrt(sum(x * x for x in r)), 1e-12) for v in r] for r in rows]
+    m, n = len(rows), len(rows) // 2
+    total = 0.0
+    for i in range(m):
+        sims = [sum(a * b for a, b in zip(rows[i], rows[k])) / tau for k in range(m)]
+        others = [sims[k] for k in range(m) if k != i]
+        top = max(others)
+        total += -sims[(i + n) % m] + top + math.log(sum(math.exp(s - top) for s in others))
+    return total / m
+
+
+def _loss_and_grads(fn, z1, z2, *args):
+    z1 = z1.detach().requires_grad_(True)
+    z2 = z2.detach().requires_grad_(True)
+    loss = fn(z1, z2, *args)
+    g1, g2 = torch.autograd.grad(loss, (z1, z2))
+    return loss.detach(), g1, g2
+
+
+def _run(backend, fn, *args):
+    with muse_fast.backend(backend):
+        return fn(*args)
+
+
+# ------------------------------------------------------------------------------------------
+# the reference, pinned independently
+# ------------------------------------------------------------------------------------------
+def test_reference_two_pair_case_by_hand():
+    # z = [e1, e2, (e1+e2)/√2, (e1−e2)/√2] after normalization, tau = 0.5
+    z1 = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    z2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    c = 1 / math.sqrt(2)
+    # similarity rows (k = 0..3); row i's positive is i ± 2
+    s = [[1, 0, c, c], [0, 1, c, -c], [c, c, 1, 0], [c, -c, 0, 1]]
+    tau = 0.5
+    expect = 0.0
+    for i in range(4):
+        denom = sum(math.exp(s[i][k] / tau) for k in range(4) if k != i)
+        expect += -s[i][(i + 2) % 4] / tau + math.log(denom)
+    expect /= 4
+    assert nt_xent_reference(z1, z2, tau).item() == pytest.approx(expect, rel=1e-12)
+    assert _naive_nt_xent(z1, z2, tau) == pytest.approx(expect, rel=1e-12)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_reference_matches_loops(normalize):
+    z1, z2 = torch.randn(5, 7, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64)
+    got = nt_xent_reference(z1, z2, 0.3, normalize).item()
+    assert got == pytest.approx(_naive_nt_xent(z1, z2, 0.3, normalize), rel=1e-10)
+
+
+def test_reference_gradients_are_finite_and_correct():
+    z1, z2 = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda a, b: nt_xent_reference(a, b, 0.2), (z1.requires_grad_(), z2.requires_grad_())
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# kernels (and the dispatched reference path) against the reference
+# ------------------------------------------------------------------------------------------
+SHAPES = [(2, 1), (3, 7), (5, 33), (40, 100), (9, 300)]  # N=40: several row/column blocks
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+@pytest.mark.parametrize("n,d", SHAPES)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_matches_reference_forward_backward(backend, device, n, d, normalize):
+    z1 = torch.randn(n, d, device=device)
+    z2 = z1 + 0.5 * torch.randn(n, d, device=device)  # correlated views, like real positives
+    tau = 0.2 if normalize else 2.0 * d
+    want = _loss_and_grads(nt_xent_reference, z1.double(), z2.double(), tau, normalize)
+    got = _run(backend, _loss_and_grads, nt_xent, z1, z2, tau, normalize)
+    for g, w, what in zip(got, want, ("loss", "dz1", "dz2")):
+        assert_close(g, w.float(), torch.float32, atol=2e-6, rtol=2e-5, msg=what)
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+@pytest.mark.parametrize("tau", [0.01, 10.0])
+def test_extreme_temperatures_do_not_overflow(backend, device, tau):
+    z1 = torch.randn(6, 24, device=device)
+    z2 = torch.randn(6, 24, device=device)
+    want = _loss_and_grads(nt_xent_reference, z1.double(), z2.double(), tau)
+    got = _run(backend, _loss_and_grads, nt_xent, z1, z2, tau)
+    for g, w in zip(got, want):
+        assert torch.isfinite(g).all()
+        # logits are s/τ: at τ = 0.01 an fp32 rounding of s is amplified 100-fold
+        assert_close(g, w.float(), torch.float32, atol=1e-4 / min(tau, 1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+def test_large_unnormalized_logits(backend, device):
+    z1 = 30 * torch.randn(4, 16, device=device)
+    z2 = 30 * torch.randn(4, 16, device=device)  # logits of order 1e5: online max must hold
+    want = nt_xent_reference(z1.double(), z2.double(), 0.1, False)
+    got = _run(backend, nt_xent, z1, z2, 0.1, False)
+    assert torch.isfinite(got)
+    assert got.double().item() == pytest.approx(want.item(), rel=1e-4, abs=1e-2)
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_identical_embeddings(backend, device, normalize):
+    n = 5
+    z = torch.randn(1, 8, device=device).expand(n, 8)
+    loss, g1, g2 = _run(backend, _loss_and_grads, nt_xent, z, z.clone(), 0.1, normalize)
+    assert loss.item() == pytest.approx(math.log(2 * n - 1), rel=1e-5)
+    for g in (g1, g2):  # every row equally attracted and repelled: zero gradient
+        assert torch.isfinite(g).all()
+        assert g.abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_within_eager_error(backend, device, dtype):
+    z1 = torch.randn(24, 40, device=device)
+    z2 = z1 + torch.randn(24, 40, device=device)
+    ref = _loss_and_grads(nt_xent_reference, z1.double(), z2.double(), 0.1)
+    eager = _loss_and_grads(nt_xent_reference, z1.to(dtype), z2.to(dtype), 0.1)
+    got = _run(backend, _loss_and_grads, nt_xent, z1.to(dtype), z2.to(dtype), 0.1)
+    assert got[0].dtype == dtype and got[1].dtype == dtype
+    for g, e, r, what in zip(got, eager, ref, ("loss", "dz1", "dz2")):
+        assert_within_eager_error(g, e, r, atol=1e-3, msg=f"{what}: ")
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+def test_non_contiguous_inputs(backend, device):
+    base = torch.randn(7, 26, device=device)
+    z1 = base[:, ::2]  # column stride 2
+    z2 = torch.randn(13, 7, device=device).T  # transposed view
+    want = _loss_and_grads(nt_xent_reference, z1.double(), z2.double(), 0.1)
+    got = _run(backend, _loss_and_grads, nt_xent, z1, z2, 0.1)
+    for g, w in zip(got, want):
+        assert_close(g, w.float(), torch.float32, atol=2e-6, rtol=2e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_gradcheck_float64(backend):
+    z1 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    with muse_fast.backend(backend):
+        assert torch.autograd.gradcheck(lambda a, b: nt_xent(a, b, 0.3), (z1, z2))
+        assert torch.autograd.gradcheck(lambda a, b: nt_xent(a, b, 2.0, False), (z1, z2))
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+def test_rank_shares_add_up_to_the_global_loss(backend, device):
+    """nt_xent_rows (one rank's rows against all negatives), as NTXentLoss uses it."""
+    n = 7
+    z = torch.randn(2 * n, 12, device=device, dtype=torch.float64)
+    zz = z.float() if backend == "triton" else z
+    zr = z.detach().requires_grad_(True)
+    full = nt_xent_reference(zr[:n], zr[n:], 0.3)
+    (g_full,) = torch.autograd.grad(full, zr)
+    zk = zz.detach().requires_grad_(True)
+    with muse_fast.backend(backend):
+        shares = [(0, 2), (2, 4), (6, 1)]
+        total = sum(nt_xent_rows(zk, n, 0.3, True, a, c) * c for a, c in shares) / n
+    (g,) = torch.autograd.grad(total, zk)
+    tol = dict(atol=1e-6, rtol=1e-5) if zz.dtype == torch.float32 else {}
+    assert_close(total.double(), full.detach(), zz.dtype, **tol)
+    assert_close(g.double(), g_full, zz.dtype, **tol)
+
+
+def test_under_torch_compile():
+    z1 = torch.randn(6, 20, requires_grad=True)
+    z2 = torch.randn(6, 20, requires_grad=True)
+    fn = torch.compile(lambda a, b: nt_xent(a, b, 0.2) * 2, fullgraph=True, backend="eager")
+    got = fn(z1, z2)
+    g = torch.autograd.grad(got, (z1, z2))
+    want = nt_xent_reference(z1, z2, 0.2) * 2
+    w = torch.autograd.grad(want, (z1, z2))
+    assert_close(got.detach(), want.detach(), atol=1e-5, rtol=1e-5)
+    for a, b in zip(g, w):
+        assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_fake_tensors_give_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        z1 = torch.empty(4, 8, dtype=torch.bfloat16)
+        out = nt_xent(z1, torch.empty(4, 8, dtype=torch.bfloat16))
+        assert out.shape == () and out.dtype == torch.bfloat16
+
+
+def test_bad_inputs_name_the_argument():
+    z = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="z1.*N >= 2"):
+        nt_xent(z[:1], z[:1])
+    with pytest.raises(ValueError, match="z2"):
+        nt_xent(z, z[:3])
+    with pytest.raises(TypeError, match="z2"):
+        nt_xent(z, z.double())
+    with pytest.raises(TypeError, match="z1"):
+        nt_xent(z.long(), z.long())
+    with pytest.raises(ValueError, match="z1"):
+        nt_xent(z[0], z[0])
+    with pytest.raises(TypeError, match="z1"):
+        nt_xent(z.tolist(), z)
+    for bad in (0.0, -1.0, math.inf):
+        with pytest.raises(ValueError, match="temperature"):
+            nt_xent(z, z, bad)
+    with pytest.raises(TypeError, match="normalize"):
+        nt_xent(z, z, 0.1, "yes")
+    with pytest.raises(ValueError, match="z1"):
+        nt_xent(torch.randn(4, 0), torch.randn(4, 0))
+
+
+def test_backends_say_why_they_refuse():
+    from muse_fast.ops import available_backends
+
+    z = torch.randn(8, 4, dtype=torch.float64)
+    why = available_backends("nt_xent", z, 4, 0.1, True, 0, 4, False, False)
+    assert "float64" in why["triton"] and why["cpu"] is None
+
+
+# ------------------------------------------------------------------------------------------
+# SogCLR global contrastive loss
+# ------------------------------------------------------------------------------------------
+def _libauc_gcl(h1, h2, u_old, gamma, tau, eps=1e-8):
+    """libauc GCLoss_v1.forward (single process), restated: linear-space u, 1e9 diagonal mask,
+    batch-level initialization when every stored u of the batch is zero."""
+    h1, h2 = F.normalize(h1, p=2, dim=1), F.normalize(h2, p=2, dim=1)
+    b = h1.shape[0]
+    labels = F.one_hot(torch.arange(b), b * 2).to(h1.dtype)
+    masks = F.one_hot(torch.arange(b), b).to(h1.dtype)
+    aa = h1 @ h1.T - masks * 1e9
+    bb = h2 @ h2.T - masks * 1e9
+    l1 = torch.cat([h1 @ h2.T, aa], 1)
+    l2 = torch.cat([h2 @ h1.T, bb], 1)
+    n1 = torch.exp(l1 / tau) * (1 - labels)
+    n2 = torch.exp(l2 / tau) * (1 - labels)
+    g1 = n1.sum(1, keepdim=True) / (2 * (b - 1))
+    g2 = n2.sum(1, keepdim=True) / (2 * (b - 1))
+    if u_old.sum() == 0:
+        u1, u2 = g1, g2
+    else:
+        u1 = (1 - gamma) * u_old[:, None] + gamma * g1
+        u2 = (1 - gamma) * u_old[:, None] + gamma * g2
+    u_new = ((u1 + u2) / 2).squeeze(1).detach()
+    w1 = (n1 / u1.clamp(min=eps)).detach()
+    w2 = (n2 / u2.clamp(min=eps)).detach()
+
+    def ce(lg, w):
+        return -torch.sum(labels * (lg - torch.sum(w * lg, 1, keepdim=True) / (2 * (b - 1))), 1)
+
+    return (ce(l1, w1) + ce(l2, w2)).mean(), u_new
+
+
+def _log(u):
+    return torch.where(u == 0, -math.inf, u.log())
+
+
+@pytest.mark.parametrize("seen", [False, True])
+def test_gcl_reference_matches_libauc(seen):
+    n = 6
+    z1 = torch.randn(n, 10, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(n, 10, dtype=torch.float64, requires_grad=True)
+    u_old = torch.rand(n, dtype=torch.float64) * 20 + 0.5 if seen else torch.zeros(n).double()
+    want, u_want = _libauc_gcl(z1, z2, u_old, 0.9, 0.2)
+    gw = torch.autograd.grad(want, (z1, z2))
+    got, log_u = global_contrastive_loss_reference(z1, z2, _log(u_old), 0.9, 0.2)
+    gg = torch.autograd.grad(got, (z1, z2))
+    assert got.item() == pytest.approx(want.item(), rel=1e-10, abs=1e-12)
+    assert_close(log_u.exp(), u_want)
+    for a, b in zip(gg, gw):
+        assert_close(a, b)
+
+
+def test_gcl_moving_average_rule_by_hand():
+    # u_new = ((1-γ)u + γ g1 + (1-γ)u + γ g2) / 2 with g the mean exp(s/τ) over the negatives
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    z2 = torch.tensor([[1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+    c, tau, gamma = 1 / math.sqrt(2), 0.5, 0.9
+    # negatives: row 0 (e1): e2 and z2[1]=(-1,1)/√2 -> sims 0, -c ; row 2 (z2[0]=(1,1)/√2): e2, z2[1]
+    g = [
+        (math.exp(0 / tau) + math.exp(-c / tau)) / 2,  # row 0
+        (math.exp(0 / tau) + math.exp(c / tau)) / 2,  # row 1 (e2): e1, z2[0]
+        (math.exp(c / tau) + math.exp(0 / tau)) / 2,  # row 2: e2 (c), z2[1] (0)
+        (math.exp(-c / tau) + math.exp(0 / tau)) / 2,  # row 3 ((-1,1)/√2): e1 (-c), z2[0] (0)
+    ]
+    u_old = torch.tensor([0.0, 3.0], dtype=torch.float64)  # sample 0 new, sample 1 seen
+    _, log_u = global_contrastive_loss_reference(z1, z2, _log(u_old), gamma, tau)
+    u0 = (g[0] + g[2]) / 2
+    u1 = ((1 - gamma) * 3.0 + gamma * g[1] + (1 - gamma) * 3.0 + gamma * g[3]) / 2
+    assert log_u.exp().tolist() == pytest.approx([u0, u1], rel=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+@pytest.mark.parametrize("n,d", [(2, 3), (5, 33), (40, 64)])
+def test_gcl_matches_reference(backend, device, n, d):
+    z1 = torch.randn(n, d, device=device)
+    z2 = z1 + torch.randn(n, d, device=device)
+    log_u = torch.where(torch.rand(n) < 0.3, -math.inf, torch.randn(n) + 2).to(device)
+    zr1, zr2 = (z1.double().requires_grad_(), z2.double().requires_grad_())
+    want, lu_want = global_contrastive_loss_reference(zr1, zr2, log_u.double(), 0.9, 0.1)
+    gw = torch.autograd.grad(want, (zr1, zr2))
+    z1.requires_grad_(True)
+    z2.requires_grad_(True)
+    with muse_fast.backend(backend):
+        got, lu = global_contrastive_loss(z1, z2, log_u, 0.9, 0.1)
+    gg = torch.autograd.grad(got, (z1, z2))
+    assert_close(got.double(), want.detach(), torch.float32, atol=1e-5, rtol=1e-5)
+    assert_close(lu.double(), lu_want, torch.float32)
+    for a, b in zip(gg, gw):
+        assert_close(a.double(), b, torch.float32, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend,device", ALL)
+def test_gcl_small_temperature_stays_finite(backend, device):
+    base = torch.randn(1, 8, device=device)
+    z1 = base + 0.05 * torch.randn(4, 8, device=device)  # negatives nearly as close as
+    z2 = base + 0.05 * torch.randn(4, 8, device=device)  # positives: exp(s/τ) ≈ e^200
+    log_u = torch.full((4,), -math.inf, device=device)
+    with muse_fast.backend(backend):
+        loss, lu = global_contrastive_loss(z1, z2, log_u, 0.9, 0.005)
+        loss2, lu2 = global_contrastive_loss(z1, z2, lu, 0.9, 0.005)
+    assert torch.isfinite(loss) and torch.isfinite(loss2)
+    assert torch.isfinite(lu).all() and lu.max() > 100  # u = exp(log_u) > 1e43: fp32 overflow
+
+
+def test_gcl_bad_inputs():
+    z = torch.randn(4, 8)
+    lu = torch.zeros(4)
+    with pytest.raises(ValueError, match="log_u"):
+        global_contrastive_loss(z, z, torch.zeros(3))
+    with pytest.raises(ValueError, match="gamma"):
+        global_contrastive_loss(z, z, lu, gamma=0.0)
+    with pytest.raises(ValueError, match="gamma"):
+        global_contrastive_loss(z, z, lu, gamma=1.5)
+    with pytest.raises(ValueError, match="z1"):
+        global_contrastive_loss(z[:1], z[:1], lu[:1])
