@@ -360,3 +360,59 @@ def test_gcl_bad_inputs():
         global_contrastive_loss(z, z, lu, gamma=1.5)
     with pytest.raises(ValueError, match="z1"):
         global_contrastive_loss(z[:1], z[:1], lu[:1])
+
+
+# ------------------------------------------------------------------------------------------
+# the Triton kernels also compile for a real GPU (the interpreter accepts more than the compiler)
+# ------------------------------------------------------------------------------------------
+_AOT_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from muse_fast.kernels import nt_xent as K
+
+I32 = ["M", "N", "D", "stride", "row_start", "row_count"]
+FWD_C = ["NORMALIZE", "EXCLUDE_POS", "WITH_T", "BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_D", "PREC",
+         "DOT_F32"]
+BWD_C = ["NORMALIZE", "EXCLUDE_POS", "SCALE_TILE", "BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DO",
+         "ONE_D", "PREC", "DOT_F32"]
+for dt, bd, prec in (("bf16", 128, "ieee"), ("fp32", 64, "tf32x3")):
+    f32 = dict.fromkeys(["rn_ptr", "lse_ptr", "pos_ptr", "t_ptr"], "*fp32")
+    sig = {"z_ptr": "*" + dt, **f32, **dict.fromkeys(I32, "i32"), "beta": "fp32",
+           **dict.fromkeys(FWD_C, "constexpr")}
+    c = dict(NORMALIZE=True, EXCLUDE_POS=True, WITH_T=True, BLOCK_M=64, BLOCK_N=64, BLOCK_D=bd,
+             ONE_D=True, PREC=prec, DOT_F32=False)
+    k = triton.compile(ASTSource(K._fwd_kernel, sig, c), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4, "num_stages": 2})
+    print("fwd", dt, k.asm["ptx"].count("wgmma.mma_async"), k.metadata.shared)
+    f32 = dict.fromkeys(["rn_ptr", "c_ptr", "alpha_ptr", "dzn_ptr"], "*fp32")
+    sig = {"z_ptr": "*" + dt, **f32, **dict.fromkeys(I32, "i32"), "beta": "fp32",
+           **dict.fromkeys(BWD_C, "constexpr")}
+    c = dict(NORMALIZE=True, EXCLUDE_POS=False, SCALE_TILE=dt != "fp32", BLOCK_M=64, BLOCK_N=64,
+             BLOCK_D=bd, BLOCK_DO=bd, ONE_D=True, PREC=prec, DOT_F32=False)
+    k = triton.compile(ASTSource(K._bwd_kernel, sig, c), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 8, "num_stages": 2})
+    print("bwd", dt, k.asm["ptx"].count("wgmma.mma_async"), k.metadata.shared)
+"""
+
+
+def test_triton_kernels_compile_for_h100():
+    """Ahead-of-time compile of the forward and backward kernels for sm_90 (no GPU needed; a
+    subprocess without TRITON_INTERPRET): both dots run on the tensor cores (wgmma), shared
+    memory within an H100's 228 KB."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    if proc.returncode != 0 and "ptxas" in proc.stderr.lower() and "not found" in proc.stderr:
+        pytest.skip("no ptxas in this triton install")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln.split() for ln in proc.stdout.strip().splitlines()]
+    assert len(lines) == 4, proc.stdout
+    for _, _, n_wgmma, shared in lines:
+        assert int(n_wgmma) > 0 and int(shared) <= 228 * 1024, proc.stdout
