@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # tiny_model
+sys.path.insert(0, str(Path(__file__).parent))  # train_helpers
 
 
 @pytest.fixture
@@ -17,20 +17,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def tiny_overrides(out, **kw):
-    base = {
-        "out": str(out),
-        "model.size": "tiny",
-        "batch_size": 4,
-        "log_every": 1,
-        "num_workers": 0,
-        "progress": False,
-        "tensorboard": False,
-        "data.synthetic_tracks": 16,
-        "data.synthetic_duration_s": 4.0,
-        "device": "cpu",
-    }
-    base.update(kw)
-    return list(base.items())

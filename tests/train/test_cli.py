@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tiny_overrides
+from train_helpers import tiny_overrides
 
 from muse_fast.cli import main
 from muse_fast.data import SyntheticMusic

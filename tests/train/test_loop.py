@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tiny_overrides
-from tiny_model import TinyContrastive
+from train_helpers import TinyContrastive, tiny_overrides
 
 from muse_fast.train import checkpoint as ckpt
 from muse_fast.train import lr_lambda, make_config, train

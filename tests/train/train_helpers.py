@@ -1,5 +1,6 @@
-"""A tiny stand-in with the muse_fast.models interface (sample_rate, segment_samples, n_views,
-loss(batch), embed(audio)), for loop tests that must not depend on a real model's speed."""
+"""Helpers for the training tests: config overrides for tiny CPU runs, and a tiny stand-in with
+the muse_fast.models interface (sample_rate, segment_samples, n_views, loss(batch),
+embed(audio)) for loop tests that must not depend on a real model."""
 
 from __future__ import annotations
 
@@ -46,3 +47,20 @@ class TinyContrastive(torch.nn.Module):
         sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
         target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
         return F.cross_entropy(sim, target)
+
+
+def tiny_overrides(out, **kw):
+    base = {
+        "out": str(out),
+        "model.size": "tiny",
+        "batch_size": 4,
+        "log_every": 1,
+        "num_workers": 0,
+        "progress": False,
+        "tensorboard": False,
+        "data.synthetic_tracks": 16,
+        "data.synthetic_duration_s": 4.0,
+        "device": "cpu",
+    }
+    base.update(kw)
+    return list(base.items())
