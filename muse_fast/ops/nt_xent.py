@@ -240,8 +240,21 @@ def contrastive_grad_reference(
     return dz.to(z.dtype)
 
 
+contrastive_grad_reference.example_inputs = lambda device: (  # type: ignore[attr-defined]
+    (
+        torch.randn(16, 32, device=device),
+        torch.rand(16, device=device) + 4,
+        torch.tensor(0.1, device=device),
+        8, 0.1, True, 0, 8, False,
+    ),
+    {},
+)  # fmt: skip
+
+
 def _kernel_dtype_check(allowed: tuple[torch.dtype, ...], who: str):
-    def check(z, *args, **kwargs):
+    def check(z=None, *args, **kwargs):
+        if not isinstance(z, torch.Tensor):
+            return "z: expected the stacked embeddings (M, D)"
         if z.dtype not in allowed:
             names = ", ".join(str(d).replace("torch.", "") for d in allowed)
             return f"z: the {who} kernel takes {names}, got {str(z.dtype).replace('torch.', '')}"
