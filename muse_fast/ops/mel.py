@@ -20,7 +20,8 @@ torchaudio takes. Semantics, precisely:
   when it has ≤ 3 dims (so a (batch, time) input shares one max across the batch, as
   ``MelSpectrogram`` + ``AmplitudeToDB`` does) and one max per index of the leading dims
   otherwise. For a max per clip, pass ``(batch, 1, time)``, or give ``lengths``.
-* ``lengths`` (``(B,)`` ints, ``B = waveform.shape[0]``): each item ``b`` is computed as if it
+* ``lengths`` (``(B,)`` ints, ``B = waveform.shape[0]``, on the CPU or the waveform's device):
+  each item ``b`` is computed as if it
   were ``waveform[b, ..., :lengths[b]]`` alone — its own center padding around its own end
   (reflect, replicate, circular), its own frame count ``frame_lengths[b]`` (the formula above
   with ``time = lengths[b]``), its own ``top_db`` max. Frames past ``frame_lengths[b]`` are
@@ -49,7 +50,10 @@ Pipeline (``cpu`` and ``triton`` backends share it; the kernels are
    whole batch are the strided view ``buf.as_strided((F, n_fft), (hop, 1))``: nothing of size
    frames × n_fft is materialized.
 2. **FFT**: ``torch.fft.rfft`` (cuFFT / MKL) of that view, chunk by chunk into one reused
-   complex buffer (``_CHUNK_BYTES``: 256 MiB on CUDA, 2 MiB — cache-sized — on the CPU). The
+   complex buffer (``_CHUNK_BYTES``: 256 MiB on CUDA; 16 MiB on the CPU — 2 MiB chunks stay in
+   cache and win by ~10 % on an idle CPU, but every chunk is two parallel regions, and on a
+   loaded machine their barriers cost more than the cache saves: measured 1.8 s vs 0.6 s for
+   4 × 30 s on 2 busy cores). The
    window is NOT applied here: for ``win_length == n_fft`` the periodic hann window is the exact
    3-tap ``0.5 X[k] − 0.25 (X[k−1] + X[k+1])`` in the frequency domain, done by step 3. Other
    ``win_length``: the chunk is multiplied by the window first (a chunk-sized copy).
@@ -58,27 +62,29 @@ Pipeline (``cpu`` and ``triton`` backends share it; the kernels are
    bin feeds ≤ 2 triangles), the log, zeros past each row's valid frames; writes only the mel.
 4. ``top_db`` (if any): an amax and a clamp over the mel with torch ops.
 
-Bytes per frame for the ``musicfm`` preset (n_fft 2048, hop 240, 128 mels, fp32):
+Bytes moved per frame, ``musicfm`` preset (n_fft 2048, hop 240, 1025 bins, 128 mels, fp32),
+counting DRAM/HBM traffic (the FFT's 8.5-fold overlapping reads of the padded signal hit L2):
 
-======================  ============================  =================================
-stage                   this pipeline                 torchaudio (stft + abs + matmul)
-======================  ============================  =================================
-waveform read           4·240 (+ 4·240 write, read     4·240 read; frames × window:
-                        by the FFT via L2: 8.5×        8 KiB write + 8 KiB read
-                        overlap)
-FFT output              8·1025 write + ~1.1× read      8·1025 write + read
-|X|², mel, log          0 (fused)                      4·1025 write+read, mel 512 write+
-                                                       read per log op
-mel write               4·128 = 512                    512
-total HBM (approx.)     ~18 KiB                        ~50 KiB
-floor                   waveform + mel = 1.5 KiB (a fully fused FFT that never stores X)
-======================  ============================  =================================
+==========================  ===============================  ==============================
+stage                       this pipeline                    torchaudio MelSpectrogram + dB
+==========================  ===============================  ==============================
+pad / frame                 read 0.94 KiB, write 0.94 KiB    pad copy 1.9 KiB; frames·window:
+                                                             write 8 KiB, read 8 KiB
+FFT output                  write 8.0 KiB                    write 8.0 KiB
+power, mel                  read 8.0 KiB (×~1.1, L2), write  abs: read 8, write 4; pow: 4+4;
+                            0.5 KiB mel (log fused)          matmul: read 4, write 0.5 KiB
+log (dB)                    —                                ~4 passes over the mel: 4 KiB
+total                       ~18 KiB                          ~55 KiB
+floor                       1.4 KiB: read the waveform once, write the mel once
+==========================  ===============================  ==============================
 
-The complex spectrum round trip (16 KiB / frame) dominates: cuFFT cannot hand its output to a
-consumer without storing it, so this design sits ~10× above the byte floor, ~3× below
-torchaudio. Closing the rest needs an in-kernel FFT (a Triton radix-2/4 FFT feeding the mel
-epilogue), not written yet. GPU timings: not measured yet (no GPU was available while writing
-this); see ``benchmarks/test_bench_mel.py``.
+The complex spectrum's round trip (16 KiB of the 18) dominates: cuFFT cannot hand its output to
+a consumer without storing it, so this design sits ~13x above the byte floor and ~3x below
+torchaudio. Closing the rest needs an in-kernel FFT (a Triton FFT feeding the power/mel/log
+epilogue from registers/shared memory), which is not written. Compute floor: an n_fft-point
+real FFT is ~2.5·n_fft·log2(n_fft) ≈ 56 kFLOP per frame, 10.8 GFLOP for 64 × 30 s (192 k frames):
+a few tenths of a millisecond on an H100. GPU timings: not measured yet (no GPU was available
+while this was written); ``benchmarks/test_bench_mel.py`` measures them when run on one.
 """
 
 from __future__ import annotations
@@ -157,7 +163,7 @@ PAD_MODES = ("constant", "reflect", "replicate", "circular")
 LOG_MODES = (None, "log", "log1p", "db")
 _PAD_MODE_ID = {"constant": 0, "reflect": 1, "replicate": 2, "circular": 3}
 _LOG_MODE_ID = {"none": 0, "log": 1, "log1p": 2, "db": 3}
-_CHUNK_BYTES = {"cuda": 256 << 20, "cpu": 2 << 20}
+_CHUNK_BYTES = {"cuda": 256 << 20, "cpu": 16 << 20}
 _AMIN = 1e-10
 
 
@@ -565,9 +571,9 @@ def _mel_reference_impl(
 
 
 _mel_reference_impl.example_inputs = lambda device: (  # type: ignore[attr-defined]
-    (torch.randn(2, 4000, device=device), None, window(resolve_config(), device))
-    + filterbank(resolve_config(), device)
-    + (400, 400, 200, 0, 2.0, "none", True, "reflect", "db", None),
+    (torch.randn(2, 16000, device=device), None, window(resolve_config("myna"), device))
+    + filterbank(resolve_config("myna"), device)
+    + (2048, 2048, 512, 0, 2.0, "none", True, "reflect", "log1p", None),
     {},
 )
 
@@ -648,7 +654,8 @@ def _fused(
     else:
         scale = 1.0
     log_mult = 20.0 / power
-    chunk = max(1, _CHUNK_BYTES["cuda" if dev.type == "cuda" else "cpu"] // (8 * nf))
+    chunk = max(2, _CHUNK_BYTES["cuda" if dev.type == "cuda" else "cpu"] // (8 * nf))
+    chunk -= chunk % 2  # even: every chunk's first frame is 8-byte aligned (cuFFT clones if not)
     spec = torch.empty(min(chunk, n_used), nf, dtype=torch.complex64, device=dev)
     for j0 in range(0, n_used, chunk):
         cnt = min(chunk, n_used - j0)
@@ -828,14 +835,15 @@ def _validate(waveform: object, lengths: object, cfg: MelConfig) -> tuple[Tensor
         shape=(waveform.shape[0],),
         dtypes=(torch.int64, torch.int32, torch.int16),
     )
-    check_same_device(waveform=waveform, lengths=lengths)
-    if lengths.numel():
+    if lengths.device != waveform.device and lengths.device.type != "cpu":
+        check_same_device(waveform=waveform, lengths=lengths)
+    if lengths.numel():  # read on the host: free for CPU lengths, one sync for CUDA ones
         lo, hi = (int(v) for v in torch.stack([lengths.min(), lengths.max()]).tolist())
         if hi > n:
             raise ValueError(f"lengths: {hi} exceeds the waveform's {n} samples")
         if lo < cfg.min_samples():
             raise ValueError(_too_short("lengths", lo, cfg))
-    return waveform, lengths
+    return waveform, lengths.to(waveform.device, non_blocking=True)
 
 
 def _run(

@@ -226,7 +226,7 @@ def test_librosa_slaney():
         )  # fmt: skip
         assert y.shape == ref.shape
         err = (y.double() - ref.double()).abs()
-        assert err.max() <= 1e-5 * ref.abs().max(), backend
+        assert err.max() <= 2e-5 * ref.abs().max(), backend
         # torchaudio builds the slaney filterbank in fp32, librosa in fp64 (weights differ by
         # up to ~1e-4 relative), so bands agree to a few 1e-4, not to fp32 rounding
         strong = ref >= 1e-5 * ref.max()
@@ -242,8 +242,9 @@ def test_myna_preset_matches_librosa():
         norm="slaney", center=True, pad_mode="reflect",
     )  # fmt: skip
     y = mel_spectrogram(x, preset="myna")
-    # log1p of bands that agree to ~1e-4 relative (fp32 vs fp64 slaney filterbanks, see above)
-    torch.testing.assert_close(y, torch.log1p(torch.from_numpy(ref)), rtol=0, atol=2e-4)
+    # log1p of bands that agree to a few 1e-4 relative (fp32 vs fp64 slaney filterbanks, see
+    # above; measured up to 3.7e-4 over 8 seeds, in bands whose energy sits on a triangle's edge)
+    torch.testing.assert_close(y, torch.log1p(torch.from_numpy(ref)), rtol=0, atol=1e-3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -512,3 +513,18 @@ def test_module():
     assert mh(x).dtype == torch.float32
     assert "n_mels=128" in repr(mh) and mh.sample_rate == 16000
     torch.testing.assert_close(mh(x), mel_spectrogram(x, preset="myna"), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend,device", KERNELS)
+def test_small_fft_chunks(backend, device, monkeypatch):
+    """Chunk boundaries of the FFT loop (here every 6 flat frames) change nothing."""
+    from muse_fast.ops import mel as mel_ops
+
+    kw = dict(n_fft=128, hop_length=37, n_mels=16, log="db")
+    x = _signal(3, n=700).to(device)
+    lengths = torch.tensor([700, 500, 65], device=device)
+    full, fl = _run(backend, x, lengths=lengths, **kw)
+    monkeypatch.setitem(mel_ops._CHUNK_BYTES, device, 8 * 65 * 7)
+    small, fl2 = _run(backend, x, lengths=lengths, **kw)
+    assert torch.equal(fl, fl2)
+    torch.testing.assert_close(small, full, rtol=0, atol=1e-5)
