@@ -5,7 +5,8 @@
     argmin_i || C^_i - normalize(x A) ||_2,   C^_i = C_i / ||C_i||,
 
 which equals ``argmax_i <C^_i, x A>`` (both sides unit-norm; the positive factor ``1/||x A||`` does
-not move the arg-max). Ties go to the lowest index (``torch.argmin``); a row with ``x A = 0``
+not move the arg-max). Code words must be non-zero (``C_i/||C_i||`` is undefined otherwise, and a
+zero word would break that equivalence): the op rejects them. Ties go to the lowest index (``torch.argmin``); a row with ``x A = 0``
 returns 0. With a projection (G, d, h) and codebook (G, n, h) — ``num_codebooks = G`` — the
 output gets a trailing axis of size G.
 
@@ -182,19 +183,22 @@ _RPQ = register(
 
 
 def _check_values(projection: torch.Tensor, codebook: torch.Tensor) -> None:
-    """Data-dependent checks (n x h and d x h values: cheap). Run inside the custom op, so they
-    also run, eagerly, under torch.compile."""
-    if not bool(torch.isfinite(projection).all()):
+    """Data-dependent checks on the d x h and n x h weights (cheap; one host sync on GPU). They
+    run inside the custom op, so they also run, eagerly, under torch.compile."""
+    finite_p = torch.isfinite(projection).all()
+    finite_c = torch.isfinite(codebook).all()
+    norms = torch.linalg.vector_norm(codebook.double(), dim=-1)
+    if bool(finite_p & finite_c & (norms > _NORM_EPS).all()):
+        return
+    if not bool(finite_p):
         raise ValueError("projection: contains NaN or inf")
-    if not bool(torch.isfinite(codebook).all()):
+    if not bool(finite_c):
         raise ValueError("codebook: contains NaN or inf")
-    tiny = torch.linalg.vector_norm(codebook.double(), dim=-1) <= _NORM_EPS
-    if bool(tiny.any()):
-        where = tuple(int(i) for i in tiny.nonzero()[0])
-        raise ValueError(
-            f"codebook: code word {where} has norm <= {_NORM_EPS}; C_i/||C_i|| is undefined "
-            "(every code word must be non-zero)"
-        )
+    where = tuple(int(i) for i in (norms <= _NORM_EPS).nonzero()[0])
+    raise ValueError(
+        f"codebook: code word {where} has norm <= {_NORM_EPS}; C_i/||C_i|| is undefined "
+        "(every code word must be non-zero)"
+    )
 
 
 @torch.library.custom_op("muse_fast::random_projection_quantize", mutates_args=())
