@@ -35,14 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import nn as mnn
+from .. import ops
+from ..nn import blocks
 from . import _common as C
-from ._ops import blocks, mnn, ops
 
 __all__ = ["BESTRQ_SIZES", "BestRQ", "BestRQConfig", "Conv2dSubsampling", "Res2d"]
 
 BESTRQ_SIZES: dict[str, dict[str, Any]] = {
     "small": dict(dim=768, depth=4, heads=16, ffn_dim=4096, cgmlp_dim=4096, conv_dim=512),
     "large": dict(dim=1024, depth=12, heads=16, ffn_dim=4096, cgmlp_dim=4096, conv_dim=512),
+    # CPU tests / demos: a 1024-word codebook keeps the output layer from dominating
     "tiny": dict(
         dim=64,
         depth=2,
@@ -52,6 +55,7 @@ BESTRQ_SIZES: dict[str, dict[str, Any]] = {
         conv_dim=16,
         dropout=0.0,
         segment_samples=48000,
+        codebook_size=1024,
     ),
 }
 _SIZE_ALIASES = {"base": "small"}
@@ -274,9 +278,11 @@ class BestRQ(C.EncoderModel):
 
     # ------------------------------------------------------------------ pre-training
     def _masks(self, batch: int, samples: int, tokens: int, device: torch.device):
-        """Sample-level and token-level masks naming the same 400 ms spans (one seed)."""
+        """Sample-level and token-level masks naming the same 400 ms spans: one seed (a device
+        tensor drawn from the global RNG — no host sync, traceable) for both draws, and for the
+        noise, which Philox draws from a different counter stream."""
         cfg = self.config
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # from the global CPU generator
+        seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, device=device)
         sample_mask = ops.span_mask(
             batch, samples, cfg.span_samples, cfg.mask_prob, seed=seed, device=device
         )
@@ -312,7 +318,7 @@ class BestRQ(C.EncoderModel):
             sample_mask, token_mask, seed = self._masks(b, s, t, audio.device)
             if cfg.mask_replacement == "noise":
                 masked = ops.apply_span_mask(
-                    audio.float(), sample_mask, noise_std=cfg.mask_noise_std, seed=seed + 1
+                    audio.float(), sample_mask, noise_std=cfg.mask_noise_std, seed=seed
                 )
                 h = self._frontend(masked)
             else:

@@ -34,8 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import nn as mnn
+from .. import ops
 from . import _common as C
-from ._ops import mnn, ops
 
 __all__ = ["MYNA_SIZES", "Myna", "MynaConfig", "PatchEmbed"]
 
@@ -183,7 +184,8 @@ class Myna(C.EncoderModel):
         return spec[..., :frames].contiguous()
 
     def _min_samples(self) -> int:
-        return 512 * (self._frame_multiple - 1)
+        # one patch width of frames, and more than n_fft // 2 samples for the reflect padding
+        return max(512 * (self._frame_multiple - 1), 1025)
 
     # ------------------------------------------------------------------ encoder
     def _encode(

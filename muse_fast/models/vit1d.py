@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import nn as mnn
 from . import _common as C
-from ._ops import mnn
 
 __all__ = ["VIT1D_SIZES", "ViT1D", "ViT1DConfig"]
 
@@ -118,7 +118,7 @@ class ViT1D(C.EncoderModel):
 
     def _hidden(self, audio, layer, sample_rate):
         C.check_sample_rate(sample_rate, self.sample_rate)
-        C.check_audio("audio", audio, ndim=2, min_samples=1)
+        C.check_audio("audio", audio, ndim=2, min_samples=1025)  # > n_fft // 2 (reflect pad)
         layers, as_list = C.resolve_layers(layer, self.config.depth)
         with self._backend():
             _, outs = self._encode(self.spectrogram(audio), layers)
