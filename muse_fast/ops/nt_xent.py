@@ -303,6 +303,21 @@ def _grad_triton(z, c, alpha, n_pairs, temperature, normalize, row_start, row_co
     )
 
 
+_SYM_ACC_BYTES = 256 << 20  # largest per-thread gradient accumulators the symmetric path takes
+
+
+def _sym_threads(C, m: int, d: int, n_pairs: int, row_count: int, elem: int, kind: int) -> int:
+    """Threads for the C++ symmetric variant (each tile once, per-thread accumulators), or 0 for
+    the row-block variant: when only some rows are active, or when the backward's per-thread
+    M x D accumulators would exceed _SYM_ACC_BYTES (many threads, huge batches)."""
+    if row_count != n_pairs:
+        return 0
+    threads = C.max_threads() if m * m * d >= (1 << 22) else 1
+    if kind == 2 and threads * m * (-(-d // 16) * 16) * elem > _SYM_ACC_BYTES:
+        return 0
+    return threads
+
+
 def _stats_cpu(z, n_pairs, temperature, normalize, row_start, row_count, exclude_pos, with_t):
     from .._ext import dtype_name, ext, ptr
 
@@ -310,14 +325,15 @@ def _stats_cpu(z, n_pairs, temperature, normalize, row_start, row_count, exclude
     z = _unit_stride(z)
     m, d = z.shape
     cdt = _compute_dtype(z.dtype)
-    scratch = torch.empty(C.nt_xent_scratch_elems(m, d), dtype=cdt)
+    sym = _sym_threads(C, m, d, n_pairs, row_count, cdt.itemsize, 1)
+    scratch = torch.empty(C.nt_xent_scratch_elems(m, d, max(sym, 1), 1 if sym else 0), dtype=cdt)
     r = 2 * row_count
     lse = empty(r, dtype=cdt, device="cpu")
     pos = empty(r, dtype=cdt, device="cpu")
     t = empty(r if with_t else 0, dtype=cdt, device="cpu")
     C.nt_xent_fwd(
         ptr(z), dtype_name(z), m, d, z.stride(0), n_pairs, bool(normalize), NORM_EPS,
-        1.0 / temperature, row_start, row_count, bool(exclude_pos), bool(with_t),
+        1.0 / temperature, row_start, row_count, bool(exclude_pos), bool(with_t), sym,
         ptr(scratch), ptr(lse), ptr(pos), ptr(t) if with_t else 0,
     )  # fmt: skip
     return lse, pos, t
@@ -330,12 +346,13 @@ def _grad_cpu(z, c, alpha, n_pairs, temperature, normalize, row_start, row_count
     z = _unit_stride(z)
     m, d = z.shape
     cdt = _compute_dtype(z.dtype)
-    scratch = torch.empty(C.nt_xent_scratch_elems(m, d), dtype=cdt)
+    sym = _sym_threads(C, m, d, n_pairs, row_count, cdt.itemsize, 2)
+    scratch = torch.empty(C.nt_xent_scratch_elems(m, d, max(sym, 1), 2 if sym else 0), dtype=cdt)
     c = c.to(cdt).contiguous()
     dz = empty(m, d, dtype=z.dtype, device="cpu")
     C.nt_xent_bwd(
         ptr(z), dtype_name(z), m, d, z.stride(0), n_pairs, bool(normalize), NORM_EPS,
-        1.0 / temperature, row_start, row_count, bool(exclude_pos), ptr(c), float(alpha),
+        1.0 / temperature, row_start, row_count, bool(exclude_pos), ptr(c), float(alpha), sym,
         ptr(scratch), ptr(dz), dz.stride(0),
     )  # fmt: skip
     return dz

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -189,6 +190,29 @@ def test_rank_shares_add_up_to_the_global_loss(backend, device):
     tol = dict(atol=1e-6, rtol=1e-5) if zz.dtype == torch.float32 else {}
     assert_close(total.double(), full.detach(), zz.dtype, **tol)
     assert_close(g.double(), g_full, zz.dtype, **tol)
+
+
+@pytest.mark.parametrize("variant", ["symmetric", "row-block"])
+def test_cpp_variants(monkeypatch, variant):
+    """The C++ kernels' two schedules on a batch big enough for several threads and tiles: the
+    symmetric one (each similarity tile once, per-thread accumulators; full batches) and the
+    row-block one (row subsets, and full batches whose accumulators would be too large)."""
+    if not any(p.id == "cpp" for p in KERNELS):
+        pytest.skip("the C++ extension is not built")
+    ops_mod = sys.modules["muse_fast.ops.nt_xent"]  # the attribute is the function
+    if variant == "row-block":
+        monkeypatch.setattr(ops_mod, "_sym_threads", lambda *a: 0)
+    z1 = torch.randn(150, 64, dtype=torch.float64)
+    z2 = torch.randn(150, 64, dtype=torch.float64)
+    want = _loss_and_grads(nt_xent_reference, z1, z2, 0.1)
+    got = _run("cpu", _loss_and_grads, nt_xent, z1, z2, 0.1)
+    for g, w in zip(got, want):
+        assert_close(g, w)
+    lu = torch.randn(150, dtype=torch.float64)
+    want = global_contrastive_loss_reference(z1, z2, lu, 0.9, 0.1)
+    got = _run("cpu", global_contrastive_loss, z1, z2, lu, 0.9, 0.1)
+    for g, w in zip(got, want):
+        assert_close(g, w)
 
 
 def test_under_torch_compile():
