@@ -321,16 +321,33 @@ def _min_samples(n_fft: int, pad: int, center: bool, pad_mode: str) -> int:
     return max(1, need - 2 * pad)
 
 
-def _too_short(name: str, n: int, cfg: MelConfig) -> str:
-    if not cfg.center:
-        why = f"center=False needs time + 2*pad >= n_fft ({cfg.n_fft})"
-    elif cfg.pad_mode == "reflect":
-        why = f"center=True with pad_mode='reflect' needs time + 2*pad > n_fft // 2 ({cfg.n_fft // 2})"
-    elif cfg.pad_mode == "circular":
-        why = f"center=True with pad_mode='circular' needs time + 2*pad >= n_fft // 2 ({cfg.n_fft // 2})"
+def _too_short(name: str, n: int, n_fft: int, pad: int, center: bool, pad_mode: str) -> str:
+    if not center:
+        why = f"center=False needs time + 2*pad >= n_fft ({n_fft})"
+    elif pad_mode == "reflect":
+        why = f"center=True with pad_mode='reflect' needs time + 2*pad > n_fft // 2 ({n_fft // 2})"
+    elif pad_mode == "circular":
+        why = (
+            f"center=True with pad_mode='circular' needs time + 2*pad >= n_fft // 2 ({n_fft // 2})"
+        )
     else:
         why = "needs at least 1 sample"
-    return f"{name}: {n} samples is too short ({why}, pad={cfg.pad})"
+    return f"{name}: {n} samples is too short ({why}, pad={pad})"
+
+
+def _check_lengths_values(
+    lengths: Tensor | None, n: int, n_fft: int, pad: int, center: bool, pad_mode: str
+) -> None:
+    """lengths within [shortest clip torch.stft takes, time]. Reads them on the host (free for
+    CPU lengths, one sync for CUDA ones); runs inside the custom op, so torch.compile'd callers
+    get the same checks without tracing data-dependent branches."""
+    if lengths is None or lengths.numel() == 0:
+        return
+    lo, hi = (int(v) for v in torch.stack([lengths.min(), lengths.max()]).tolist())
+    if hi > n:
+        raise ValueError(f"lengths: {hi} exceeds the waveform's {n} samples")
+    if lo < _min_samples(n_fft, pad, center, pad_mode):
+        raise ValueError(_too_short("lengths", lo, n_fft, pad, center, pad_mode))
 
 
 def mel_num_frames(num_samples: int, *, preset: str | None = None, **kwargs: object) -> int:
@@ -338,7 +355,7 @@ def mel_num_frames(num_samples: int, *, preset: str | None = None, **kwargs: obj
     cfg = resolve_config(preset, **kwargs)
     n = check_int("num_samples", num_samples, min=0)
     if n < cfg.min_samples():
-        raise ValueError(_too_short("num_samples", n, cfg))
+        raise ValueError(_too_short("num_samples", n, cfg.n_fft, cfg.pad, cfg.center, cfg.pad_mode))
     return cfg.num_frames(n)
 
 
@@ -753,6 +770,7 @@ def _mel_op(
         fb, band_lo, band_hi = _filterbank_on(key, str(waveform.device))
     if window_ is None:
         window_ = _window_on(win_length, str(waveform.device))
+    _check_lengths_values(lengths, waveform.shape[-1], n_fft, pad, center, pad_mode)
     return _MEL(
         waveform, lengths, window_, fb, band_lo, band_hi, n_fft, win_length, hop_length, pad,
         power, normalized, center, pad_mode, log, top_db,
@@ -816,7 +834,9 @@ def _validate(waveform: object, lengths: object, cfg: MelConfig) -> tuple[Tensor
     n = waveform.shape[-1]
     if lengths is None:
         if n < cfg.min_samples():
-            raise ValueError(_too_short("waveform", n, cfg))
+            raise ValueError(
+                _too_short("waveform", n, cfg.n_fft, cfg.pad, cfg.center, cfg.pad_mode)
+            )
         return waveform, None
     if not isinstance(lengths, torch.Tensor):
         if isinstance(lengths, (list, tuple)):
@@ -837,12 +857,7 @@ def _validate(waveform: object, lengths: object, cfg: MelConfig) -> tuple[Tensor
     )
     if lengths.device != waveform.device and lengths.device.type != "cpu":
         check_same_device(waveform=waveform, lengths=lengths)
-    if lengths.numel():  # read on the host: free for CPU lengths, one sync for CUDA ones
-        lo, hi = (int(v) for v in torch.stack([lengths.min(), lengths.max()]).tolist())
-        if hi > n:
-            raise ValueError(f"lengths: {hi} exceeds the waveform's {n} samples")
-        if lo < cfg.min_samples():
-            raise ValueError(_too_short("lengths", lo, cfg))
+    # values are checked inside the op (_check_lengths_values)
     return waveform, lengths.to(waveform.device, non_blocking=True)
 
 
@@ -936,6 +951,7 @@ def mel_spectrogram_reference(
         center=center, pad_mode=pad_mode, mel_scale=mel_scale, norm=norm, log=log, top_db=top_db,
     )  # fmt: skip
     waveform, lengths = _validate(waveform, lengths, cfg)
+    _check_lengths_values(lengths, waveform.shape[-1], cfg.n_fft, cfg.pad, cfg.center, cfg.pad_mode)
     dev = waveform.device
     mel, flen = _mel_reference_impl(
         waveform, lengths, window(cfg, dev), *filterbank(cfg, dev), cfg.n_fft, cfg.win_length,

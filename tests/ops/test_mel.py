@@ -495,6 +495,15 @@ def test_torch_compile_fullgraph():
     x = _signal(2, n=2000)
     y = torch.compile(f, fullgraph=True, backend="eager")(x)
     torch.testing.assert_close(y, f(x))
+    # the module with lengths: the value checks run inside the custom op, not in the graph
+    m = MelSpectrogram(n_fft=256, hop_length=64, n_mels=32, log="db")
+    lengths = torch.tensor([2000, 900])
+    cm = torch.compile(m, fullgraph=True, backend="eager")
+    (y, fl), (ref, rfl) = cm(x, lengths), m(x, lengths)
+    torch.testing.assert_close(y, ref)
+    assert torch.equal(fl, rfl)
+    with pytest.raises(ValueError, match="lengths: 2001 exceeds"):
+        cm(x, torch.tensor([2001, 900]))
 
 
 def test_module():
