@@ -23,8 +23,8 @@ import triton.language as tl
 
 from muse_fast._alloc import empty
 
-_INV_SQRT2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
+_INV_SQRT2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def _masked_mean_fwd_kernel(
     FINAL (one chunk covers all of T): writes the mean in OUT's dtype. Otherwise writes fp32
     (fp64) partial sums OUT[b, c, d] that the launcher adds up and divides.
     """
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B·T·D may exceed 2^31
     c = tl.program_id(1)
     pid_d = tl.program_id(2)
     acc_t = tl.float64 if IS_F64 else tl.float32
@@ -101,7 +101,7 @@ def _masked_mean_bwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """dX[b, t, d] = m[b, t] · dmean[b, d] · inv[b]  (DX contiguous (B, T, D))."""
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B·T·D may exceed 2^31
     pid_t = tl.program_id(1)
     pid_d = tl.program_id(2)
     acc_t = tl.float64 if IS_F64 else tl.float32
@@ -135,7 +135,7 @@ def _add_gelu_mask_fwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """z = H + G[b] (stored over H), Y = GELU(z), 0 at padded frames (H, Y contiguous)."""
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B·T·D may exceed 2^31
     pid_t = tl.program_id(1)
     pid_d = tl.program_id(2)
     acc_t = tl.float64 if IS_F64 else tl.float32
@@ -175,7 +175,7 @@ def _add_gelu_mask_bwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """dz = m · dy · GELU'(z) (DZ, DY, Z contiguous); DG[b, c, d] = Σ_{t in chunk c} dz."""
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B·T·D may exceed 2^31
     c = tl.program_id(1)
     pid_d = tl.program_id(2)
     acc_t = tl.float64 if IS_F64 else tl.float32
@@ -242,8 +242,11 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """(B, T, D) any strides, mask (B, T) bool or None → (B, D) in x's dtype."""
+def masked_mean(
+    x: torch.Tensor, mask: torch.Tensor | None, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """(B, T, D) any strides, mask (B, T) bool or None → (B, D) in ``out_dtype`` (x's dtype)."""
+    out_dtype = out_dtype or x.dtype
     B, T, D = x.shape
     bt, bd = _blocks(x, T, D)
     if x.device.type == "cpu":
@@ -257,7 +260,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     m, m_b = _mask_u8(mask, x)
     final = n_chunks == 1
     if final:
-        out = empty(B, D, dtype=x.dtype, device=x.device)
+        out = empty(B, D, dtype=out_dtype, device=x.device)
         out_b, out_c = out.stride(0), 0
     else:
         out = empty(B, n_chunks, D, dtype=_acc_dtype(x.dtype), device=x.device)
@@ -289,21 +292,22 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is not None
         else torch.full((B,), T, dtype=out.dtype, device=x.device)
     )
-    return (out.sum(1) / n.clamp_min(1).unsqueeze(1)).to(x.dtype)
+    return (out.sum(1) / n.clamp_min(1).unsqueeze(1)).to(out_dtype)
 
 
 def masked_mean_backward(
     dmean: torch.Tensor, mask: torch.Tensor | None, T: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """dmean (B, D) → dX (B, T, D) contiguous in ``dtype``."""
+    """dmean (B, D) (any float dtype) → dX (B, T, D) contiguous in ``dtype``."""
     dmean = dmean.contiguous()
     B, D = dmean.shape
-    acc = _acc_dtype(dtype)
+    acc = _acc_dtype(dmean.dtype)
     if mask is not None:
         inv = 1.0 / mask.sum(1, dtype=acc).clamp_min(1)
     else:
         inv = torch.full((B,), 1.0 / max(T, 1), dtype=acc, device=dmean.device)
     dx = empty(B, T, D, dtype=dtype, device=dmean.device)
+    is_f64 = dtype == torch.float64 or dmean.dtype == torch.float64
     bt, bd = _blocks(dmean, T, D)
     m, m_b = _mask_u8(mask, dmean)
     grid = (B, triton.cdiv(T, bt), triton.cdiv(D, bd))
@@ -316,7 +320,7 @@ def masked_mean_backward(
         D,
         m_b,
         HAS_MASK=mask is not None,
-        IS_F64=dtype == torch.float64,
+        IS_F64=is_f64,
         BLOCK_T=bt,
         BLOCK_D=bd,
     )

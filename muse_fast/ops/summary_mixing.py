@@ -62,6 +62,11 @@ Tensor = torch.Tensor
 # ============================================================================================
 
 
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _mask_weights(mask: Tensor | None, B: int, T: int, like: Tensor) -> Tensor:
     """(B, T, 1) float weights m_t (ones when mask is None)."""
     if mask is None:
@@ -207,20 +212,21 @@ def _reference_parts(
     mask: Tensor | None,
     scale: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The public implementation's computation → (y, z, s̄) with z the combiner pre-activation."""
+    """The public implementation's computation → (y, z, s̄): z is the combiner's pre-activation,
+    s̄ (B, Ds) is returned in the accumulation dtype (float32 for half types)."""
     B, T, _ = local.shape
     m = _mask_weights(mask, B, T, local)
     sbar = (summary * m).sum(1) / m.sum(1).clamp_min(1)  # (B, Ds)
-    s = sbar * scale if scale is not None else sbar
+    s = (sbar * scale).to(local.dtype) if scale is not None else sbar
     rep = s.unsqueeze(1).repeat(1, T, 1)  # (B, T, Ds): the T-fold copy
     z = F.linear(torch.cat([local, rep], dim=-1), weight, bias)  # (B, T, Dout)
     y = F.gelu(z) * m
-    return y, z, sbar
+    return y, z, sbar.to(_acc(local.dtype))
 
 
 def _dropout_scale(B: int, D: int, p: float, like: Tensor) -> Tensor:
-    """Inverted-dropout multipliers (B, D): 0 with probability p, else 1 / (1 - p)."""
-    keep = torch.empty(B, D, dtype=like.dtype, device=like.device).bernoulli_(1.0 - p)
+    """Inverted-dropout multipliers (B, D) in the accumulation dtype: 0 w.p. p, else 1 / (1 - p)."""
+    keep = torch.empty(B, D, dtype=_acc(like.dtype), device=like.device).bernoulli_(1.0 - p)
     return keep.div_(1.0 - p)
 
 
@@ -286,41 +292,58 @@ _sm_reference_op.example_inputs = lambda device: (  # type: ignore[attr-defined]
 
 
 def _mean_torch(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Masked mean over time → (B, D) in the accumulation dtype."""
+    acc = _acc(x.dtype)
     if mask is None:
-        return x.mean(1)
-    n = mask.sum(1, keepdim=True).clamp_min(1).to(x.dtype)  # (B, 1)
+        return x.mean(1, dtype=acc)
+    n = mask.sum(1, keepdim=True).clamp_min(1).to(acc)  # (B, 1)
     # one GEMV per utterance: (B, 1, T) @ (B, T, D)
-    return torch.bmm(mask.unsqueeze(1).to(x.dtype), x).squeeze(1) / n
+    return torch.bmm(mask.unsqueeze(1).to(x.dtype), x).squeeze(1).to(acc) / n
+
+
+def _zero_padded_rows(t: Tensor, mask: Tensor | None) -> Tensor:
+    """Zero, in place, the frames of ``t`` (B, T, D) contiguous where ``mask`` is False.
+
+    Writes only the padded rows (an index fill), cheaper on the CPU than a full masked_fill.
+    """
+    if mask is not None:
+        rows = (~mask).flatten().nonzero().squeeze(1)
+        t.view(-1, t.shape[-1]).index_fill_(0, rows, 0.0)
+    return t
 
 
 def _add_gelu_mask_torch(h: Tensor, g: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    z = h.add_(g.unsqueeze(1))  # h is ours (fresh matmul output)
-    y = F.gelu(z)
-    if mask is not None:
-        y.masked_fill_(~mask.unsqueeze(-1), 0.0)
-    return y, z
+    z = h.add_(g.unsqueeze(1))  # h is ours (fresh matmul output); g may be float32
+    return _zero_padded_rows(F.gelu(z), mask), z
 
 
 def _add_gelu_mask_backward_torch(
     dy: Tensor, z: Tensor, mask: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    dz = torch.ops.aten.gelu_backward(dy, z)
-    if mask is not None:
-        dz.masked_fill_(~mask.unsqueeze(-1), 0.0)
-    return dz, dz.sum(1)
+    dz = _zero_padded_rows(torch.ops.aten.gelu_backward(dy, z).contiguous(), mask)
+    return dz, dz.sum(1, dtype=_acc(dz.dtype))
+
+
+def _masked_mean_backward_torch(dmean: Tensor, mask: Tensor | None, T: int, dtype) -> Tensor:
+    return _masked_mean_backward_reference(dmean, mask, T).to(dtype)
 
 
 def _fused_forward(local, summary, weight, bias, mask, scale, *, triton: bool):
     if triton:
         from ..kernels import summary_mixing as K
 
-        mean, add_gelu = K.masked_mean, K.add_gelu_mask
+        def mean(x, mask):
+            return K.masked_mean(x, mask, out_dtype=_acc(x.dtype))
+
+        add_gelu = K.add_gelu_mask
     else:
         mean, add_gelu = _mean_torch, _add_gelu_mask_torch
     Dl = local.shape[-1]
+    acc = _acc(local.dtype)
+    # the summary term, once per utterance, in float32 (float64) whatever the input dtype
     sbar = mean(summary, mask)  # (B, Ds)
     s = sbar * scale if scale is not None else sbar
-    g = F.linear(s, weight[:, Dl:], bias)  # (B, Dout): once per utterance
+    g = F.linear(s, weight[:, Dl:].to(acc), None if bias is None else bias.to(acc))  # (B, Dout)
     h = F.linear(local, weight[:, :Dl])  # (B, T, Dout): the only per-frame matmul
     if not h.is_contiguous():
         h = h.contiguous()
@@ -332,28 +355,24 @@ def _fused_backward(dy, local, weight, mask, scale, z, sbar, *, triton: bool):
     if triton:
         from ..kernels import summary_mixing as K
 
-        gelu_bwd = K.add_gelu_mask_backward
-
-        def mean_bwd(ds, mask, T):
-            return K.masked_mean_backward(ds, mask, T, ds.dtype)
-
+        gelu_bwd, mean_bwd = K.add_gelu_mask_backward, K.masked_mean_backward
     else:
-        gelu_bwd, mean_bwd = _add_gelu_mask_backward_torch, _masked_mean_backward_reference
+        gelu_bwd, mean_bwd = _add_gelu_mask_backward_torch, _masked_mean_backward_torch
     B, T, Dl = local.shape
     Dout = weight.shape[0]
-    dz, dg = gelu_bwd(dy, z, mask)  # (B, T, Dout), (B, Dout)
-    dg = dg.to(z.dtype)
+    dz, dg = gelu_bwd(dy, z, mask)  # (B, T, Dout) in z's dtype, (B, Dout) float32 (float64)
     dz2 = dz.reshape(B * T, Dout)
     w_f, w_s = weight[:, :Dl], weight[:, Dl:]
     d_local = (dz2 @ w_f).reshape(B, T, Dl)
     dw_f = dz2.t() @ local.reshape(B * T, Dl)
+    # per-utterance terms stay in the accumulation dtype
     s = sbar * scale if scale is not None else sbar
-    dw_s = dg.t() @ s
-    db = dg.sum(0)
-    ds = dg @ w_s  # (B, Ds)
+    dw_s = (dg.t() @ s).to(weight.dtype)
+    db = dg.sum(0).to(weight.dtype)
+    ds = dg @ w_s.to(dg.dtype)  # (B, Ds)
     if scale is not None:
         ds = ds * scale
-    d_summary = mean_bwd(ds, mask, T)
+    d_summary = mean_bwd(ds, mask, T, local.dtype)
     return d_local, d_summary, torch.cat([dw_f, dw_s], dim=1), db
 
 
@@ -371,7 +390,7 @@ def _sm_backward_reference(dy, local, weight, mask, scale, z, sbar):
     Dout = weight.shape[0]
     m = _mask_weights(mask, B, T, dy)
     dz = torch.ops.aten.gelu_backward(dy * m, z)
-    s = sbar * scale if scale is not None else sbar
+    s = (sbar * scale if scale is not None else sbar).to(local.dtype)
     cat = torch.cat([local, s.unsqueeze(1).repeat(1, T, 1)], dim=-1)
     dw = dz.reshape(-1, Dout).t() @ cat.reshape(B * T, -1)
     db = dz.sum((0, 1))
@@ -379,7 +398,7 @@ def _sm_backward_reference(dy, local, weight, mask, scale, z, sbar):
     d_local = dcat[..., :Dl].contiguous()
     ds = dcat[..., Dl:].sum(1)
     if scale is not None:
-        ds = ds * scale
+        ds = (ds * scale).to(local.dtype)
     d_summary = m * ds.unsqueeze(1) / m.sum(1, keepdim=True).clamp_min(1)
     return d_local, d_summary, dw, db
 
@@ -441,7 +460,7 @@ def _(local, summary, weight, bias, mask, scale):
     return (
         local.new_empty(B, T, Dout),
         local.new_empty(B, T, Dout),
-        summary.new_empty(B, summary.shape[-1]),
+        summary.new_empty(B, summary.shape[-1], dtype=_acc(summary.dtype)),
     )
 
 
@@ -463,7 +482,7 @@ def _(dy, local, weight, mask, scale, z, sbar):
     B, T, Dl = local.shape
     return (
         local.new_empty(B, T, Dl),
-        sbar.new_empty(B, T, sbar.shape[-1]),
+        local.new_empty(B, T, sbar.shape[-1]),
         weight.new_empty(weight.shape),
         weight.new_empty(weight.shape[0]),
     )

@@ -159,9 +159,15 @@ def test_low_precision_within_eager_error(backend, device, dtype):
     eager = _fwd_bwd(summary_mixing_reference, low, mask, dy.to(dtype))
     with muse_fast.backend(backend):
         got = _fwd_bwd(summary_mixing, low, mask, dy.to(dtype))
+    # factor 3, not 2: the split rounds W_f·f_t to the input dtype before the per-utterance
+    # term is added (one rounding more than the single concatenated GEMM). Under the Triton
+    # interpreter fp32 -> bf16 stores truncate instead of rounding to nearest (measured: twice
+    # torch's error), hence 4 there; a GPU rounds to nearest.
+    interp_bf16 = backend == "triton" and device == "cpu" and dtype == torch.bfloat16
+    factor = 4.0 if interp_bf16 else 3.0
     for name, g, e, r in zip(("y", "local", "summary", "weight", "bias"), got, eager, ref):
         assert g.dtype == dtype
-        assert_within_eager_error(g, e, r, factor=2.0, atol=1e-3, msg=f"{name}: ")
+        assert_within_eager_error(g, e, r, factor=factor, atol=1e-3, msg=f"{name}: ")
 
 
 @pytest.mark.parametrize("backend,device", kernel_cases("masked_mean"))
