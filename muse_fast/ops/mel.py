@@ -21,8 +21,8 @@ torchaudio takes. Semantics, precisely:
   ``MelSpectrogram`` + ``AmplitudeToDB`` does) and one max per index of the leading dims
   otherwise. For a max per clip, pass ``(batch, 1, time)``, or give ``lengths``.
 * ``lengths`` (``(B,)`` ints, ``B = waveform.shape[0]``, on the CPU or the waveform's device):
-  each item ``b`` is computed as if it
-  were ``waveform[b, ..., :lengths[b]]`` alone — its own center padding around its own end
+  each item ``b`` is computed as if it were ``waveform[b, ..., :lengths[b]]`` alone — its own
+  center padding around its own end
   (reflect, replicate, circular), its own frame count ``frame_lengths[b]`` (the formula above
   with ``time = lengths[b]``), its own ``top_db`` max. Frames past ``frame_lengths[b]`` are
   exactly 0 (after the log, whatever the log mode); samples past ``lengths[b]`` are never read
@@ -679,8 +679,9 @@ def _fused(
         fr = frames[j0 : j0 + cnt]
         if not hann3:
             fr = fr * w
-        X = torch.fft.rfft(fr, n=n_fft, out=spec[:cnt])
-        xr = torch.view_as_real(X)
+        xr = torch.view_as_real(torch.fft.rfft(fr, n=n_fft, out=spec[:cnt]))
+        if not xr.is_contiguous():  # the kernels index (frame, bin, re/im) densely
+            xr = xr.contiguous()
         if kind == "triton":
             K.power_mel(
                 xr, fb, band_lo, band_hi, flen32, out, j0=j0, R=R, n_fft=n_fft, scale=scale,
