@@ -73,19 +73,29 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     rows = []
     for name, op in sorted(registered_ops().items()):
-        a, kw = examples.get(name, ((), {"device": dev}))
+        if name not in examples:
+            # no example inputs (e.g. a backward op): report which kernels exist, unchecked
+            avail = {
+                b: None if op.impl(b) is not None else f"no {b} kernel"
+                for b in ("triton", "cpu", "reference")
+            }
+            rows.append((name, "-", avail))
+            continue
+        a, kw = examples[name]
         avail = op.availability(*a, **kw)
-        chosen = "?"
         try:
             chosen = op.select(*a, **kw)[0]
         except Exception as e:  # a forced backend that refuses
             chosen = f"error: {e}"
         rows.append((name, chosen, avail))
     width = max((len(r[0]) for r in rows), default=10)
-    print(f"{'op':<{width}}  runs on   backends (usable, or why not)")
+    print(f"{'op':<{width}}  runs on   backends for typical inputs on {dev} (usable, or why not)")
     for name, chosen, avail in rows:
         parts = [f"{b}: {'yes' if why is None else 'no — ' + why}" for b, why in avail.items()]
         print(f"{name:<{width}}  {chosen:<9} " + " | ".join(parts))
+    print(
+        "(ops shown with '-' have no example inputs; their kernels are listed without input checks)"
+    )
     return 0
 
 
