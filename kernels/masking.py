@@ -58,12 +58,10 @@ def _token_mask_kernel(
     # #{x < v} < n_keep, built bit by bit over the bits a packed value can have set (31 key
     # bits, then LOG_L index bits). No sort: 31 + LOG_L compare-and-count passes.
     v = tl.zeros([ROWS], dtype=tl.int64)
-    for i in tl.static_range(31):
-        t = v + (1 << (62 - i))
-        cnt = tl.sum((packed < t[:, None]).to(tl.int32), axis=1)
-        v = tl.where(cnt < n_keep, t, v)
-    for i in tl.static_range(LOG_L):
-        t = v + (1 << (LOG_L - 1 - i))
+    one = tl.full([ROWS], 1, dtype=tl.int64)
+    for i in range(31 + LOG_L):
+        bit = tl.where(i < 31, 62 - i, 31 + LOG_L - 1 - i).to(tl.int64)
+        t = v + (one << bit)
         cnt = tl.sum((packed < t[:, None]).to(tl.int32), axis=1)
         v = tl.where(cnt < n_keep, t, v)
     keep = valid & (packed <= v[:, None])  # exactly n_keep per row
@@ -352,7 +350,7 @@ def _patch_scatter_kernel(
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     base, r_ok, p_ok = _patch_rows(idx_ptr, rows, M, n_keep, N, gw, ph, pw, s0, s2, s3)
-    obase, _, _ = _patch_rows(idx_ptr, rows, M, n_keep, N, gw, ph, pw, o0, o2, o3)
+    obase, r_ok2, p_ok2 = _patch_rows(idx_ptr, rows, M, n_keep, N, gw, ph, pw, o0, o2, o3)
     grow = rows.to(tl.int64)[:, None] * K
     if HAS_NORM:
         mean, rstd = _patch_stats(
@@ -374,7 +372,7 @@ def _patch_scatter_kernel(
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         koff, k_ok = _patch_cols(k, K, pw, C, s1, s2, s3)
-        ooff, _ = _patch_cols(k, K, pw, C, o1, o2, o3)
+        ooff, k_ok2 = _patch_cols(k, K, pw, C, o1, o2, o3)
         m = p_ok[:, None] & k_ok[None, :]
         g = tl.load(g_ptr + grow + k[None, :], mask=m, other=0.0).to(tl.float32)
         if HAS_NORM:

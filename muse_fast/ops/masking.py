@@ -520,6 +520,12 @@ def _no_float64_dot(spec, *args, **kwargs):
     return None
 
 
+def _no_float64_stats(spec, *args, **kwargs):
+    if spec.dtype == torch.float64:
+        return "float64 is not supported by the Triton kernel (float32 LayerNorm statistics)"
+    return None
+
+
 _MASKED_PATCH_EMBED = register(
     Op(
         "masked_patch_embed",
@@ -535,6 +541,7 @@ _MASKED_PATCH_GATHER = register(
         reference=masked_patch_gather_reference,
         triton=_masked_patch_gather_triton,
         cpu=_masked_patch_gather_cpu,
+        triton_check=_no_float64_stats,
     )
 )
 _MASKED_PATCH_SCATTER = register(
@@ -543,6 +550,7 @@ _MASKED_PATCH_SCATTER = register(
         reference=masked_patch_scatter_reference,
         triton=_masked_patch_scatter_triton,
         cpu=_masked_patch_scatter_cpu,
+        triton_check=lambda grad, spec, *a, **k: _no_float64_stats(spec),
     )
 )
 

@@ -307,6 +307,15 @@ def test_masked_patch_embed_triton_refuses_float64_with_a_reason():
     assert why is not None and "float64" in why
 
 
+def test_masked_patch_embed_under_autocast():
+    spec, keep, w, b, pos = _mpe_inputs(2, 1, 16, 12, 8, 4, 32, three_d=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = masked_patch_embed(spec, keep, (8, 4), w, b, pos, norm_eps=1e-5)
+    assert out.dtype == torch.bfloat16  # like F.linear under autocast
+    want = masked_patch_embed_reference(spec, keep, (8, 4), w, b, pos, 1e-5)
+    assert_close(out, want, torch.bfloat16, atol=5e-2)
+
+
 def test_masked_patch_embed_bad_inputs():
     spec, keep, w, b, pos = _mpe_inputs(2, 1, 8, 6, 4, 2, 5, three_d=True)
     call = lambda **kw: masked_patch_embed(
@@ -375,15 +384,16 @@ def test_span_mask_kernels_exact(backend, device, B, T, span, p):
 
 
 def test_apply_span_mask_noise_reference_semantics():
-    x = torch.randn(8, 24_000)
-    m = span_mask(8, 24_000, 240, 0.5, seed=1)
+    x = torch.randn(4, 24_000)
+    m = span_mask(4, 24_000, 240, 0.5, seed=1)
     y = _run("reference", apply_span_mask, x, m, noise_std=0.1, seed=2)
     assert torch.equal(y[~m], x[~m])
     noise = y[m]
-    assert noise.numel() > 50_000
+    assert noise.numel() > 30_000
     assert abs(noise.mean().item()) < 0.002 and abs(noise.std().item() - 0.1) < 0.002
     assert torch.equal(y, _run("reference", apply_span_mask, x, m, noise_std=0.1, seed=2))
-    assert not torch.equal(y, _run("reference", apply_span_mask, x, m, noise_std=0.1, seed=3))
+    y3 = _run("reference", apply_span_mask, x[:1, :2400], m[:1, :2400], noise_std=0.1, seed=3)
+    assert not torch.equal(y[:1, :2400], y3)
     # the convention for one element (t = 7 of row 0 must be masked here)
     t, b = int(m[0].nonzero()[0]), 0
     w0, w1, _, _ = ext().philox4x32(2, t, b, 2, 0)
