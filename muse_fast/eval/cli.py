@@ -120,6 +120,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="synthetic tasks: corpus seed (default 10000); folders: split seed (default 0)",
     )
+    p.add_argument(
+        "--top-n", type=int, default=None, help="magnatagatune: the most frequent tags kept (50)"
+    )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--quiet", action="store_true", help="only the table")
 
@@ -157,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             duration_s=args.duration,
             seed=args.data_seed if synthetic else None,
             split_seed=None if synthetic else args.data_seed,
+            top_n=args.top_n,
         )
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         overrides = {"size": args.size} if args.size else {}

@@ -109,3 +109,24 @@ def test_cli_probe_layer_all_random_init(tmp_path, capsys):
     assert [r["probe"] for r in data["rows"]] == ["mlp", "mlp"]
     assert "layer=0" in data["rows"][0]["extractor"] and "layer=1" in data["rows"][1]["extractor"]
     assert data["encoder"]["kind"] == "random-init" and data["encoder"]["layer"] == "all"
+
+
+def test_cli_probe_gtzan_folder(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    for g, genre in enumerate(["blues", "metal", "pop"]):
+        for i in range(3):
+            p = tmp_path / "genres" / genre / f"{genre}.{i:05d}.wav"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            t = np.arange(11025) / 22050
+            sf.write(str(p), 0.3 * np.sin(2 * np.pi * (200 + 100 * g + 7 * i) * t), 22050)
+    res = tmp_path / "res.json"
+    args = ["probe", "--task", "gtzan", "--data", str(tmp_path), "--model", "myna-hybrid",
+            "--size", "tiny", "--baselines", "handcrafted", "--probe", "linear", "--lr", "1e-2",
+            "--weight-decay", "0", "--max-epochs", "3", "--no-cache", "--out", str(res), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    data = json.loads(res.read_text())
+    assert [r["features"] for r in data["rows"]] == ["random-init", "mfcc"]
+    assert sum(data["splits"].values()) == 9 and data["primary"] == "accuracy"
+    assert all(0.0 <= r["test"]["accuracy"] <= 1.0 for r in data["rows"])

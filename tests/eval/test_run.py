@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from muse_fast.eval import HandcraftedFeatures, Track, format_table, get_task, probe_task, score
+from muse_fast.eval.datasets import Task
 from muse_fast.eval.run import stack
 
 ONE = {"lr": (1e-2,), "weight_decay": (0.0,)}
@@ -49,9 +50,13 @@ def test_score_global_tasks():
     tracks = key.splits["train"]
     onehot = [np.eye(24)[t.label] for t in tracks]
     assert score(key, tracks, onehot) == {"weighted_score": 1.0, "accuracy": 1.0}
+    genre = Task(
+        "g", "genre", {"train": tracks, "valid": tracks, "test": tracks}, ("a",) * 24, "mfcc", "x"
+    )
+    assert score(genre, tracks, [np.eye(24)[0]] * len(tracks)) == {
+        "accuracy": float(np.mean([t.label == 0 for t in tracks]))
+    }
     tagging = [Track(str(i), np.array([i % 2, 1 - i % 2, 1], np.float32)) for i in range(4)]
-    from muse_fast.eval.datasets import Task
-
     t = Task(
         "tags",
         "tagging",
