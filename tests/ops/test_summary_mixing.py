@@ -147,6 +147,48 @@ def test_triton_gpu_like_tiling(monkeypatch):
         assert_close(dx, dxr)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the kernels run for real")
+def test_triton_kernels_compile_for_an_h100(monkeypatch):
+    """The interpreter accepts code a GPU compile rejects (e.g. non-constexpr globals): compile
+    every kernel to PTX/cubin for sm_90 (no GPU needed) in bf16 with a mask and fp32 without."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # read during compilation too
+    import triton
+    from muse_fast.kernels import summary_mixing as K
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    def sig(names, dt, acc):
+        kinds = {"x": f"*{dt}", "a": f"*{acc}", "m": "*u8", "i": "i32"}
+        return {n: kinds[k] for n, k in names}
+
+    kernels = {
+        K._masked_mean_fwd_kernel: [("S", "x"), ("M", "m"), ("OUT", "a")]
+        + [(n, "i") for n in ("T", "D", "T_CHUNK", "s_b", "s_t", "s_d", "m_b", "out_b", "out_c")],
+        K._masked_mean_bwd_kernel: [("DMEAN", "a"), ("INV", "a"), ("M", "m"), ("DX", "x")]
+        + [(n, "i") for n in ("T", "D", "m_b")],
+        K._add_gelu_mask_fwd_kernel: [("H", "x"), ("G", "a"), ("M", "m"), ("Y", "x")]
+        + [(n, "i") for n in ("T", "D", "m_b")],
+        K._add_gelu_mask_bwd_kernel: [("DY", "x"), ("Z", "x"), ("M", "m"), ("DZ", "x")]
+        + [("DG", "a")]
+        + [(n, "i") for n in ("T", "D", "T_CHUNK", "m_b", "dg_b", "dg_c")],
+    }
+    target = GPUTarget("cuda", 90, 32)
+    for kernel, names in kernels.items():
+        for dt, has_mask in (("bf16", True), ("fp32", False)):
+            consts = dict(HAS_MASK=has_mask, IS_F64=False, BLOCK_T=16, BLOCK_D=128)
+            if kernel is K._masked_mean_fwd_kernel:
+                consts["FINAL"] = has_mask
+            types = {**sig(names, dt, "fp32"), **{k: "constexpr" for k in consts}}
+            fn = getattr(kernel, "fn", kernel)  # the Python function under the interpreter
+            jit = JITFunction(fn)
+            signature = {name: types[name] for name in jit.arg_names}  # in parameter order
+            consts = {n: consts[n] for n in jit.arg_names if n in consts}
+            src = ASTSource(fn=jit, signature=signature, constexprs=consts)
+            compiled = triton.compile(src, target=target)
+            assert ".entry" in compiled.asm["ptx"]
+
+
 @pytest.mark.parametrize("backend,device", kernel_cases("summary_mixing"))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_within_eager_error(backend, device, dtype):
