@@ -395,7 +395,7 @@ def masked_patch_scatter_reference(
         x = masked_patch_gather_reference(spec, keep_idx, patch_size, None)
         x = x.reshape(B, n_keep, K).to(acc)
         mean = x.mean(-1, keepdim=True)
-        rstd = torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + norm_eps)
+        rstd = torch.rsqrt(((x - mean) ** 2).mean(-1, keepdim=True) + norm_eps)
         xhat = (x - mean) * rstd
         g = rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
     s4 = _as_4d(spec)
@@ -437,7 +437,7 @@ def masked_patch_embed_reference(
     """
     B, n_keep = keep_idx.shape
     sel = masked_patch_gather_reference(spec, keep_idx, patch_size, norm_eps)
-    out = F.linear(sel, weight, bias).reshape(B, n_keep, -1)
+    out = F.linear(sel, weight, bias).reshape(B, n_keep, weight.shape[0])
     if pos_embed is not None:
         out = out + pos_embed[keep_idx]
     return out
@@ -482,7 +482,7 @@ def _masked_patch_embed_cpu(spec, keep_idx, patch_size, weight, bias, pos_embed,
     # C++ gathers (and normalizes) only the kept patches; the projection is torch's GEMM.
     B, n_keep = keep_idx.shape
     sel = _masked_patch_gather_cpu(spec, keep_idx, patch_size, norm_eps)
-    out = F.linear(sel, weight, bias).reshape(B, n_keep, -1)
+    out = F.linear(sel, weight, bias).reshape(B, n_keep, weight.shape[0])
     if pos_embed is not None:
         out = out + pos_embed[keep_idx]
     return out

@@ -478,6 +478,25 @@ def test_span_bad_inputs():
         random_token_mask(2, 10, seed=1, generator=torch.Generator())
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_empty_inputs(backend):
+    with muse_fast.backend(backend):
+        keep = random_token_mask(0, 10, 0.5, seed=1)
+        assert keep.shape == (0, 5)
+        assert span_mask(0, 10, 3, 0.5, seed=1).shape == (0, 10)
+        assert span_mask(2, 0, 3, 0.5, seed=1).shape == (2, 0)
+        x = torch.randn(0, 10, 3, requires_grad=True)
+        gather_tokens(x, keep).sum().backward()
+        assert x.grad.shape == x.shape
+        spec = torch.randn(0, 8, 8, requires_grad=True)
+        w = torch.randn(4, 16, requires_grad=True)
+        out = masked_patch_embed(spec, keep[:, :2], 4, w, norm_eps=1e-5)
+        out.sum().backward()
+        assert out.shape == (0, 2, 4) and not w.grad.any() and spec.grad.shape == spec.shape
+        empty = torch.zeros(0, 5, dtype=torch.bool)
+        assert apply_span_mask(torch.randn(0, 5), empty, noise_std=1.0, seed=1).shape == (0, 5)
+
+
 # =============================================================================================
 # modules and torch.compile
 # =============================================================================================
