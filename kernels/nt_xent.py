@@ -330,7 +330,7 @@ def contrastive_bwd(
     M, D = z.shape
     bm, bn, bd = _blocks(M, D, z.dtype)
     bdo = bd
-    dzn = torch.empty(M, D, dtype=torch.float32, device=z.device)  # every element is written
+    dzn = empty(M, D, dtype=torch.float32, device=z.device)
     _bwd_kernel[(triton.cdiv(M, bm), triton.cdiv(D, bdo))](
         z, rn if rn is not None else c, c, alpha, dzn,
         M, n_pairs, D, z.stride(0), row_start, row_count, float(beta),
