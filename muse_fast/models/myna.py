@@ -136,8 +136,9 @@ class PatchEmbed(nn.Module):
     def forward(self, spec: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
         """spec (B, n_mels, frames), keep_idx (B, n_keep) → tokens (B, n_keep, dim)."""
         # LN(patch) then Linear == normalize(patch) then Linear with the LN affine folded in.
+        # (elementwise products and a sum: float32 under autocast, unlike a matmul)
         weight = self.proj.weight * self.norm_in.weight  # (D, P)
-        bias = self.proj.bias + self.proj.weight @ self.norm_in.bias  # (D,)
+        bias = self.proj.bias + (self.proj.weight * self.norm_in.bias).sum(dim=1)  # (D,)
         x = ops.masked_patch_embed(
             spec, keep_idx, self.patch, weight, bias, norm_eps=self.norm_in.eps
         )

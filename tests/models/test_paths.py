@@ -53,8 +53,14 @@ def test_fused_and_reference_paths_agree(name):
     eager = copy.deepcopy(fused)
     eager.config.use_fused = False
     batch = batch_for(fused, 3)
+    forced: dict[str, set] = {"fused": set(), "eager": set()}
+    for key, model in (("fused", fused), ("eager", eager)):
+        # the backend the ops inside each forward are forced to
+        enc = model.transformer if hasattr(model, "transformer") else model.encoder
+        enc.register_forward_hook(lambda *_, k=key: forced[k].add(muse_fast.forced_backend()))
     got = _loss_and_grads(fused, batch, seed=7)
     want = _loss_and_grads(eager, batch, seed=7)
+    assert forced == {"fused": {None}, "eager": {"reference"}}
     assert got[0].item() != 0.0
     _compare(got, want, atol=2e-4, rtol=2e-4)
 
@@ -92,10 +98,13 @@ def test_bf16_autocast(name):
 
 
 def test_torch_compile_tiny_model():
+    """The whole loss traces as one graph (custom ops with fake implementations, masks from
+    device seeds) and gives the eager result. aot_eager keeps the test quick; inductor also
+    compiles it (its RNG then draws different masks unless fallback_random is set)."""
     torch.manual_seed(0)
     model = M.create("muselq-branchformer", size="tiny", mask_prob=0.6)
     batch = batch_for(model, 2)
-    compiled = torch.compile(model.loss, backend="aot_eager")
+    compiled = torch.compile(model.loss, backend="aot_eager", fullgraph=True)
     torch.manual_seed(4)
     want = model.loss(batch)
     torch.manual_seed(4)
