@@ -123,7 +123,7 @@ def _keep(B, L, n, device="cpu", seed=0):
 
 @pytest.mark.parametrize("backend,device", kernel_cases("gather_tokens"))
 @pytest.mark.parametrize("B,L,n,D", [(1, 1, 1, 1), (3, 48, 4, 384), (2, 37, 11, 5), (4, 9, 9, 130)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_gather_tokens_kernels(backend, device, B, L, n, D, dtype):
     x = torch.randn(B, L, D, device=device).to(dtype).requires_grad_()
     keep = _keep(B, L, n, device)
@@ -260,27 +260,31 @@ def test_masked_patch_embed_kernels(backend, device, B, C, H, W, ph, pw, D, eps,
 
 
 @pytest.mark.parametrize("backend,device", kernel_cases("masked_patch_embed"))
-def test_masked_patch_embed_bf16(backend, device):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_masked_patch_embed_half(backend, device, dtype):
     spec, keep, w, b, pos = _mpe_inputs(3, 1, 32, 24, 16, 8, 64, device=device, three_d=True)
     g = torch.randn(3, keep.shape[1], 64, device=device)
     out_ref, grads_ref = _mpe_grads("reference", spec.double(), keep, (16, 8),
                                     w.double(), b.double(), pos.double(), 1e-5, g)  # fmt: skip
-    lo = [t.bfloat16() for t in (spec, w, b, pos)]
+    lo = [t.to(dtype) for t in (spec, w, b, pos)]
     out_e, grads_e = _mpe_grads("reference", lo[0], keep, (16, 8), *lo[1:], 1e-5, g)
     out, grads = _mpe_grads(backend, lo[0], keep, (16, 8), *lo[1:], 1e-5, g)
-    assert out.dtype == torch.bfloat16
+    assert out.dtype == dtype
     assert_within_eager_error(out, out_e, out_ref, atol=1e-2, msg="out: ")
     for name, a, e, r in zip(["spec", "weight", "bias", "pos"], grads, grads_e, grads_ref):
         assert_within_eager_error(a, e, r, atol=1e-2, msg=f"grad {name}: ")
 
 
 @pytest.mark.parametrize("backend,device", kernel_cases("masked_patch_embed"))
-def test_masked_patch_embed_noncontiguous_spec(backend, device):
+def test_masked_patch_embed_noncontiguous_inputs(backend, device):
     spec, keep, w, b, pos = _mpe_inputs(2, 2, 8, 12, 4, 3, 16, device=device)
     spec_t = spec.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
-    assert not spec_t.is_contiguous()
+    w_t = w.t().contiguous().t()
+    pos_t = pos.t().contiguous().t()
+    keep_t = keep.t().contiguous().t()
+    assert not any(t.is_contiguous() for t in (spec_t, w_t, pos_t, keep_t))
     g = torch.randn(2, keep.shape[1], 16, device=device)
-    out, grads = _mpe_grads(backend, spec_t, keep, (4, 3), w, b, pos, 1e-5, g)
+    out, grads = _mpe_grads(backend, spec_t, keep_t, (4, 3), w_t, b, pos_t, 1e-5, g)
     out_r, grads_r = _mpe_grads("reference", spec, keep, (4, 3), w, b, pos, 1e-5, g)
     assert_close(out, out_r, atol=1e-4, rtol=1e-4)
     for a, r in zip(grads, grads_r):
