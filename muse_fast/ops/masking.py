@@ -21,6 +21,14 @@ host on CUDA.
 Each op is a ``torch.library.custom_op`` (``muse_fast::<name>``) with a fake implementation, so
 models using them compile with ``torch.compile(fullgraph=True)``; the backward passes are
 custom ops too.
+
+Kernels (Triton for CUDA tensors, C++ for CPU tensors) exist for every op except the
+mask-embedding replacement, which is a single ``torch.where`` pass already. On CUDA,
+``masked_patch_embed`` is one Triton kernel (gather of the kept patches + LayerNorm + ``tl.dot``
++ bias + position rows); on CPU, C++ gathers and normalizes the kept patches and torch's GEMM
+projects them. Index ranges are checked for CPU tensors (ValueError naming ``keep_idx``) and
+not for CUDA tensors, where a check would synchronize with the host; there the Triton kernels
+read an out-of-range index as a zero row and never touch memory outside their inputs.
 """
 
 from __future__ import annotations
