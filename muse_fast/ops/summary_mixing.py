@@ -494,9 +494,12 @@ def _sm_setup(ctx, inputs, output):
     ctx.save_for_backward(local, weight, mask, scale, z, sbar)
     ctx.has_bias = bias is not None
     ctx.mark_non_differentiable(z, sbar)
+    ctx.set_materialize_grads(False)  # no zero (B, T, Dout) gradient for the unused z
 
 
 def _sm_backward(ctx, dy, _dz, _dsbar):
+    if dy is None:  # y unused (grads are not materialized)
+        return None, None, None, None, None, None
     local, weight, mask, scale, z, sbar = ctx.saved_tensors
     d_local, d_summary, dw, db = _summary_mixing_bwd_op(dy, local, weight, mask, scale, z, sbar)
     return d_local, d_summary, dw, (db if ctx.has_bias else None), None, None
