@@ -82,3 +82,24 @@ def empty_poisoned(*shape: int, dtype: torch.dtype, device: torch.device | str) 
     """``torch.empty`` filled by :func:`poison`; kernels' launchers use it when
     ``MUSE_FAST_POISON=1`` so tests catch outputs a kernel forgot to write."""
     return poison(torch.empty(*shape, dtype=dtype, device=device))
+
+
+def kernel_cases(op_name: str) -> list:
+    """pytest params ``(backend, device)`` for every kernel that exists for ``op_name``.
+
+    ``("triton", "cuda")`` on a GPU machine, ``("triton", "cpu")`` under the interpreter,
+    ``("cpu", "cpu")`` where the C++ extension has a kernel for that op.
+    """
+    import pytest
+
+    from ._backend import get_op
+
+    op = get_op(op_name)
+    cases = []
+    if op.triton is not None:
+        cases.append(
+            pytest.param("triton", "cuda" if torch.cuda.is_available() else "cpu", id="triton")
+        )
+    if op.cpu is not None:
+        cases.append(pytest.param("cpu", "cpu", id="cpp"))
+    return cases

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import zlib
 
 import torch
 
@@ -24,6 +25,14 @@ os.environ.setdefault("MUSE_FAST_POISON", "1")
 os.environ.pop("MUSE_FAST_BACKEND", None)
 
 import pytest  # noqa: E402
+
+from muse_fast.testing import kernel_cases  # noqa: E402,F401  (re-exported for tests)
+
+# Under pytest-xdist each worker gets its share of the cores: two workers with two OpenMP
+# threads each on a 2-core machine oversubscribe it and make small ops many times slower.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
 
 SEED = int(os.environ.get("MUSE_FAST_TEST_SEED", random.SystemRandom().randrange(2**31)))
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
@@ -38,20 +47,7 @@ def pytest_report_header(config):
 
 @pytest.fixture(autouse=True)
 def _seed_everything(request):
-    seed = (SEED + hash(request.node.nodeid)) % 2**31
+    seed = (SEED + zlib.crc32(request.node.nodeid.encode())) % 2**31  # stable across processes
     torch.manual_seed(seed)
     random.seed(seed)
     yield
-
-
-def kernel_cases(op_name: str) -> list:
-    """pytest params (backend, device) for every kernel that exists for ``op_name``."""
-    from muse_fast._backend import get_op
-
-    op = get_op(op_name)
-    cases = []
-    if op.triton is not None:
-        cases.append(pytest.param("triton", "cuda" if HAS_CUDA else "cpu", id="triton"))
-    if op.cpu is not None:
-        cases.append(pytest.param("cpu", "cpu", id="cpp"))
-    return cases

@@ -10,7 +10,6 @@ import warnings
 import pytest
 import torch
 import torchaudio
-from conftest import kernel_cases
 
 import muse_fast
 from muse_fast.nn import MelSpectrogram
@@ -22,6 +21,7 @@ from muse_fast.ops import (
     mel_spectrogram_reference,
     stack_frames,
 )
+from muse_fast.testing import kernel_cases
 
 KERNELS = kernel_cases("mel_spectrogram")
 ALL_BACKENDS = [pytest.param("reference", "cpu", id="reference"), *KERNELS]

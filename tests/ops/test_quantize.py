@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import kernel_cases
 
 import muse_fast
 from muse_fast import BackendUnavailableError, FallbackWarning
 from muse_fast.ops import quantize as Q
 from muse_fast.ops import random_projection_quantize, random_projection_quantize_reference
+from muse_fast.testing import kernel_cases
 
 KERNELS = kernel_cases("random_projection_quantize")
 
