@@ -210,7 +210,16 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
         "muse_fast": __version__,
         "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg": _loadavg(),
     }
+
+
+def _loadavg() -> list[float] | None:
+    """1, 5 and 15-minute load averages (None where the OS has none): how busy the machine was."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 @dataclass
@@ -318,3 +327,80 @@ def render_markdown(payload: dict[str, Any]) -> str:
                 f"| {q['config']} | {q['baseline']} | {_fmt(q['speedup'])}× | {_fmt(q['memory_ratio'])}× |"
             )
     return "\n".join(lines) + "\n"
+
+
+def load_results(directory: Path | str) -> list[tuple[Path, dict[str, Any]]]:
+    """Every results file (``*.json`` written by :func:`write_results`) in ``directory``, sorted by
+    name, as ``(path, payload)``; files that are not results payloads are skipped."""
+    out = []
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(payload, dict) and "environment" in payload and "rows" in payload:
+            out.append((path, payload))
+    return out
+
+
+def make_train_step(
+    recipe: str,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int,
+    seed: int = 0,
+    model: dict[str, Any] | None = None,
+) -> tuple[Callable[[], torch.Tensor], torch.nn.Module, dict[str, torch.Tensor]]:
+    """One pre-training step of ``recipe`` as ``muse-fast pretrain`` runs it, for benchmarks.
+
+    Built from :mod:`muse_fast.train`'s pieces: the recipe's config (``model`` overrides as in
+    ``--set model.KEY=VALUE``, e.g. ``{"size": "tiny", "use_fused": False}``), its model
+    (weights from ``torch.manual_seed(seed)``), its optimizer (Adam/AdamW, fused on CUDA) and
+    autocast (bf16 on CUDA, fp32 on the CPU). The step: ``model.loss(batch)`` under autocast,
+    backward, global-norm clipping, optimizer step, gradients set to None. The learning-rate
+    schedule is left out (it costs nothing). ``batch`` is fixed random audio from ``seed``:
+    ``{"audio": (batch_size, n_views, segment_samples), "index": arange}`` on ``device``.
+
+    Returns ``(step, model, batch)``; ``step.optimizer`` and ``step.config`` (the
+    :class:`~muse_fast.train.TrainConfig`) are attached. ``step(batch=None)`` runs one step on ``batch`` (default:
+    the fixed one; any batch of the same form and any size works) and returns the detached loss.
+    """
+    import contextlib
+
+    from .train import build_model, make_config
+    from .train.loop import _autocast_dtype, _make_optimizer
+
+    dev = torch.device(device)
+    cfg = make_config(
+        recipe,
+        overrides={
+            "batch_size": batch_size,
+            "seed": seed,
+            "device": str(dev),
+            "model": dict(model or {}),
+        },
+    )
+    torch.manual_seed(seed)
+    net = build_model(cfg).to(dev)
+    net.train()
+    opt = _make_optimizer(cfg, net, dev)
+    amp = _autocast_dtype(cfg, dev)
+    params = [p for p in net.parameters() if p.requires_grad]
+    g = torch.Generator().manual_seed(seed)
+    audio = 0.1 * torch.randn(batch_size, int(net.n_views), int(net.segment_samples), generator=g)
+    batch = {"audio": audio.to(dev), "index": torch.arange(batch_size, device=dev)}
+
+    def step(inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        with ctx:
+            loss = net.loss(batch if inputs is None else inputs)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    step.optimizer = opt  # type: ignore[attr-defined]
+    step.config = cfg  # type: ignore[attr-defined]
+    return step, net, batch
