@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import kernel_cases
 
 import muse_fast
 from muse_fast.ops import (
@@ -18,7 +17,7 @@ from muse_fast.ops import (
     nt_xent_reference,
 )
 from muse_fast.ops.nt_xent import nt_xent_rows
-from muse_fast.testing import assert_close, assert_within_eager_error
+from muse_fast.testing import assert_close, assert_within_eager_error, kernel_cases
 
 KERNELS = kernel_cases("nt_xent")
 ALL = [pytest.param("reference", "cpu", id="reference"), *KERNELS]
@@ -235,6 +234,18 @@ def test_fake_tensors_give_shapes():
         z1 = torch.empty(4, 8, dtype=torch.bfloat16)
         out = nt_xent(z1, torch.empty(4, 8, dtype=torch.bfloat16))
         assert out.shape == () and out.dtype == torch.bfloat16
+
+
+def test_custom_ops_pass_opcheck():
+    ops_mod = sys.modules["muse_fast.ops.nt_xent"]
+    z = torch.randn(8, 5, requires_grad=True)
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(ops_mod._nt_xent_op, (z, 4, 0.2, True, 1, 2), test_utils=utils)
+    torch.library.opcheck(
+        ops_mod._gcl_op, (z, torch.randn(4), 4, 0.2, 0.9, True, 1e-8, 0, 4), test_utils=utils
+    )
+    args = (z.detach(), torch.rand(8) + 3, torch.tensor(0.3), 4, 0.2, True, 0, 4, False)
+    torch.library.opcheck(ops_mod._grad_op, args, test_utils=utils)
 
 
 def test_bad_inputs_name_the_argument():
