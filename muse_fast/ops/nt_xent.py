@@ -16,6 +16,13 @@ memory is O(N·D) instead of the eager O(N²). They compute in fp32 whatever the
 (float64 in float64 on the CPU). The eager baselines are :func:`nt_xent_reference` and
 :func:`global_contrastive_loss_reference`.
 
+Symmetry of ``s``: in both kernels' backward one tile ``s_IK`` yields both ``G_IK`` and ``G_KIᵀ``
+(no transposed pass, no atomics). The C++ kernels also compute each tile only once (``K ≥ I``)
+in both passes, with per-thread accumulators — half the forward's dot products, three quarters
+of the backward's. The Triton forward computes each tile from both sides (one program per row
+block, no cross-program reduction, deterministic). Measured CPU figures: the benchmark file;
+GPU figures not measured yet.
+
 Internally both losses are built on two dispatched ops that work on the stacked ``z`` and on a
 subset of *active* rows (one rank's share of a gathered global batch, see
 :class:`muse_fast.nn.NTXentLoss`):
