@@ -43,7 +43,7 @@ void random_token_mask(std::uintptr_t seed_ptr, int64_t batch, int64_t length, i
     int64_t* out = muse::ptr<int64_t>(out_ptr);
     py::gil_scoped_release nogil;
     // small problems stay on one thread: waking a team costs more than the work
-#pragma omp parallel if (batch * length >= 32768)
+#pragma omp parallel if (batch * length >= 16384)
     {
         std::vector<uint64_t> packed(length), sel(length);
 #pragma omp for schedule(static)
@@ -282,7 +282,7 @@ void span_mask(std::uintptr_t seed_ptr, int64_t batch, int64_t frames, int64_t s
 template <typename T>
 void span_noise_fill_impl(const T* x, const bool* mask, uint64_t seed, int64_t batch, int64_t frames,
                           int64_t dim, float noise_std, T* out) {
-#pragma omp parallel for schedule(static) if (batch * frames * dim >= (1 << 15))
+#pragma omp parallel for schedule(static) if (batch * frames * dim >= (1 << 14))
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t t = 0; t < frames; ++t) {
             const int64_t off = (b * frames + t) * dim;

@@ -86,7 +86,7 @@ def test_triton_matches_cpp():
 def test_uniform_and_normal_transforms():
     w = torch.tensor([0, 255, 256, 2**32 - 1])
     assert uniform24(w).tolist() == [0.0, 0.0, 2**-24, 1.0 - 2**-24]
-    w0, w1, _, _ = philox4x32(7, torch.arange(50_000), 0)
+    w0, w1, _, _ = philox4x32(7, torch.arange(30_000), 0)
     z = box_muller(w0, w1)
     assert z.dtype == torch.float32 and torch.isfinite(z).all()
     assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1) < 0.02  # fixed seed
