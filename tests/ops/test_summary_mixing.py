@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import kernel_cases
 
 import muse_fast
 from muse_fast.nn import SummaryMixing
@@ -18,7 +17,7 @@ from muse_fast.ops import (
     summary_mixing,
     summary_mixing_reference,
 )
-from muse_fast.testing import assert_close, assert_within_eager_error
+from muse_fast.testing import assert_close, assert_within_eager_error, kernel_cases
 
 # (B, T, Dl, Ds, Dout): T = 1, odd and non-power-of-two widths, a longer sequence
 SHAPES = [(1, 1, 1, 1, 1), (3, 37, 7, 5, 9), (2, 70, 24, 40, 33)]
