@@ -88,12 +88,14 @@ void gather_rows(std::uintptr_t x_ptr, std::uintptr_t idx_ptr, std::uintptr_t ou
     }
 }
 
-// grad_x[b, idx[b, k], :] += grad[b, k, :] into a zero-filled grad_x (repeated indices add up).
+// grad_x = zeros, then grad_x[b, idx[b, k], :] += grad[b, k, :] (repeated indices add up).
+// Each batch row's block is zeroed and filled while it is hot in cache: one pass over grad_x.
 template <typename T>
 void scatter_add_rows_impl(const T* g, const int64_t* idx, T* out, int64_t batch, int64_t length,
                            int64_t n_keep, int64_t dim) {
-#pragma omp parallel for schedule(static) if (batch * n_keep * dim >= (1 << 16))
+#pragma omp parallel for schedule(static) if (batch * length * dim >= (1 << 18))
     for (int64_t b = 0; b < batch; ++b) {
+        std::memset(static_cast<void*>(out + b * length * dim), 0, sizeof(T) * length * dim);
         for (int64_t k = 0; k < n_keep; ++k) {
             const T* src = g + (b * n_keep + k) * dim;
             T* dst = out + (b * length + idx[b * n_keep + k]) * dim;
@@ -280,8 +282,8 @@ void span_mask(std::uintptr_t seed_ptr, int64_t batch, int64_t frames, int64_t s
 // out[b, t, d] = mask[b, t] ? noise_std * z(b, t, d) : x[b, t, d], z from Box-Muller on words
 // 0 and 1 of philox(seed, t, b, 2, d), in float.
 template <typename T>
-void span_noise_fill_impl(const T* x, const bool* mask, uint64_t seed, int64_t batch, int64_t frames,
-                          int64_t dim, float noise_std, T* out) {
+void span_noise_fill_impl(const T* x, const bool* mask, uint64_t seed, int64_t batch,
+                          int64_t frames, int64_t dim, float noise_std, T* out) {
 #pragma omp parallel for schedule(static) if (batch * frames * dim >= (1 << 14))
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t t = 0; t < frames; ++t) {
@@ -328,7 +330,8 @@ void init_masking(py::module_& m) {
           py::arg("elem_size"), "out[b, k] = x[b, idx[b, k]] (rows of dim elements)");
     m.def("scatter_add_rows", &scatter_add_rows, py::arg("grad_ptr"), py::arg("idx_ptr"),
           py::arg("out_ptr"), py::arg("batch"), py::arg("length"), py::arg("n_keep"),
-          py::arg("dim"), py::arg("dtype"), "out[b, idx[b, k]] += grad[b, k] (out zero-filled)");
+          py::arg("dim"), py::arg("dtype"),
+          "out = 0; out[b, idx[b, k]] += grad[b, k] (writes all of out)");
     m.def("patch_gather", &patch_gather, py::arg("spec_ptr"), py::arg("dtype"),
           py::arg("strides"), py::arg("batch"), py::arg("channels"), py::arg("height"),
           py::arg("width"), py::arg("ph"), py::arg("pw"), py::arg("idx_ptr"), py::arg("n_keep"),

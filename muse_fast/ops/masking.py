@@ -249,7 +249,7 @@ def _gather_tokens_backward_cpu(grad, keep_idx, length):
     from .._ext import dtype_name, ext, ptr
 
     B, n_keep, D = grad.shape
-    out = torch.zeros(B, length, D, dtype=grad.dtype)
+    out = empty(B, length, D, dtype=grad.dtype, device="cpu")  # the kernel zeroes it
     ext().scatter_add_rows(
         ptr(grad), ptr(keep_idx), ptr(out), B, length, n_keep, D, dtype_name(grad)
     )
