@@ -25,8 +25,8 @@ namespace muse {
 // ---------------------------------------------------------------------------------------
 // Argument checks: raise ValueError (std::invalid_argument) naming the argument.
 // ---------------------------------------------------------------------------------------
-#define MUSE_CHECK(cond, msg)                                     \
-    do {                                                          \
+#define MUSE_CHECK(cond, msg)                                       \
+    do {                                                            \
         if (!(cond)) throw std::invalid_argument(std::string(msg)); \
     } while (0)
 
@@ -98,9 +98,13 @@ inline float to_float(f16_t v) {
 template <typename T>
 inline T from_float(float v);
 template <>
-inline float from_float<float>(float v) { return v; }
+inline float from_float<float>(float v) {
+    return v;
+}
 template <>
-inline double from_float<double>(float v) { return v; }
+inline double from_float<double>(float v) {
+    return v;
+}
 template <>
 inline bf16_t from_float<bf16_t>(float v) {
     uint32_t u;
@@ -115,7 +119,7 @@ inline f16_t from_float<f16_t>(float v) {
     std::memcpy(&u, &v, 4);
     const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
     const uint32_t au = u & 0x7fffffffu;
-    if (au > 0x7f800000u) return f16_t{static_cast<uint16_t>(sign | 0x7e00u)};  // NaN
+    if (au > 0x7f800000u) return f16_t{static_cast<uint16_t>(sign | 0x7e00u)};   // NaN
     if (au >= 0x477ff000u) return f16_t{static_cast<uint16_t>(sign | 0x7c00u)};  // overflow -> inf
     if (au < 0x38800000u) {  // subnormal or zero in half
         if (au < 0x33000000u) return f16_t{sign};
@@ -136,11 +140,20 @@ inline f16_t from_float<f16_t>(float v) {
 template <typename F>
 inline void dispatch_floating(DType dt, const char* arg, F&& f) {
     switch (dt) {
-        case DType::f32: f(float{}); break;
-        case DType::f64: f(double{}); break;
-        case DType::bf16: f(bf16_t{}); break;
-        case DType::f16: f(f16_t{}); break;
-        default: throw std::invalid_argument(std::string(arg) + ": expected a floating dtype");
+        case DType::f32:
+            f(float{});
+            break;
+        case DType::f64:
+            f(double{});
+            break;
+        case DType::bf16:
+            f(bf16_t{});
+            break;
+        case DType::f16:
+            f(f16_t{});
+            break;
+        default:
+            throw std::invalid_argument(std::string(arg) + ": expected a floating dtype");
     }
 }
 

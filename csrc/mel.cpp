@@ -73,10 +73,14 @@ int64_t mel_pad(std::uintptr_t x, const std::string& dtype, int64_t n_rows, int6
 
 inline float log_value(float v, int log_mode, float log_mult) {
     switch (log_mode) {
-        case kLog: return std::log(std::max(v, 1e-10f));
-        case kLog1p: return std::log1p(v);
-        case kDb: return log_mult * std::log10(std::max(v, 1e-10f));
-        default: return v;
+        case kLog:
+            return std::log(std::max(v, 1e-10f));
+        case kLog1p:
+            return std::log1p(v);
+        case kDb:
+            return log_mult * std::log10(std::max(v, 1e-10f));
+        default:
+            return v;
     }
 }
 
@@ -86,9 +90,12 @@ void power_row(const float* X, float* pw, int64_t k0, int64_t k1, int64_t NF, in
                float scale, float power) {
     auto finish = [&](float re, float im) {
         const float s = (re * re + im * im) * scale;
-        if constexpr (POWER_MODE == 0) return s;
-        else if constexpr (POWER_MODE == 1) return std::sqrt(s);
-        else return std::pow(s, 0.5f * power);
+        if constexpr (POWER_MODE == 0)
+            return s;
+        else if constexpr (POWER_MODE == 1)
+            return std::sqrt(s);
+        else
+            return std::pow(s, 0.5f * power);
     };
     if constexpr (!HANN3) {
         for (int64_t k = k0; k < k1; ++k) pw[k] = finish(X[2 * k], X[2 * k + 1]);
@@ -98,8 +105,14 @@ void power_row(const float* X, float* pw, int64_t k0, int64_t k1, int64_t NF, in
     auto edge = [&](int64_t k) {
         int64_t km = k - 1, kp = k + 1;
         float sm = 1.0f, sp = 1.0f;
-        if (km < 0) { km = -km; sm = -1.0f; }
-        if (kp >= NF) { kp = n_fft - kp; sp = -1.0f; }
+        if (km < 0) {
+            km = -km;
+            sm = -1.0f;
+        }
+        if (kp >= NF) {
+            kp = n_fft - kp;
+            sp = -1.0f;
+        }
         const float re = 0.5f * X[2 * k] - 0.25f * (X[2 * km] + X[2 * kp]);
         const float im = 0.5f * X[2 * k + 1] - 0.25f * (sm * X[2 * km + 1] + sp * X[2 * kp + 1]);
         pw[k] = finish(re, im);

@@ -45,12 +45,12 @@
 
 namespace {
 
-constexpr int kLanes = 16;        // codes per group
+constexpr int kLanes = 16;                   // codes per group
 constexpr int kRowsPerPass = MUSE_RPQ_ROWS;  // rows scored together against one code group
-constexpr int kRowPad = 12;       // row blocks are padded (zero rows) to a multiple of 3 and 4
-constexpr int kRowBlock = 48;     // rows per OpenMP task (a multiple of kRowPad)
+constexpr int kRowPad = 12;    // row blocks are padded (zero rows) to a multiple of 3 and 4
+constexpr int kRowBlock = 48;  // rows per OpenMP task (a multiple of kRowPad)
 static_assert(kRowPad % kRowsPerPass == 0 && kRowPad % 4 == 0, "row padding");
-constexpr int kTileGroups = 16;   // code groups per L1 tile (256 codes)
+constexpr int kTileGroups = 16;  // code groups per L1 tile (256 codes)
 
 struct AlignedFree {
     void operator()(float* p) const { std::free(p); }
@@ -77,8 +77,7 @@ void gather_rows(const T* x, int64_t row0, int rows, int rows_pad, int64_t d, in
             for (int64_t k = 0; k < d; ++k) out[k] = muse::to_float(src[k * s1]);
         }
     }
-    std::fill(dst + static_cast<int64_t>(rows) * d, dst + static_cast<int64_t>(rows_pad) * d,
-              0.0f);
+    std::fill(dst + static_cast<int64_t>(rows) * d, dst + static_cast<int64_t>(rows_pad) * d, 0.0f);
 }
 
 // y[r, :] = xf[r, :] . Ap for rows_pad rows (a multiple of 4). Ap is (d, h8), h8 a
@@ -321,7 +320,8 @@ void rpq_forward_impl(const T* x, int64_t N, int64_t d, int64_t s0, int64_t s1, 
                 const float* Pg = P.get() + g * per_group;
                 for (int64_t t = 0; t < ntiles; ++t) {
                     const int64_t t0 = t * kTileGroups;
-                    const int groups = static_cast<int>(std::min<int64_t>(kTileGroups, ngroups - t0));
+                    const int groups =
+                        static_cast<int>(std::min<int64_t>(kTileGroups, ngroups - t0));
                     const float* tile = Pg + t0 * h * kLanes;
                     for (int r0 = 0; r0 < rows_pad; r0 += kRowsPerPass) {
                         const float* yb = y.get() + static_cast<int64_t>(r0) * h8;
@@ -340,7 +340,8 @@ void rpq_forward_impl(const T* x, int64_t N, int64_t d, int64_t s0, int64_t s1, 
                 }
                 for (int r = 0; r < rows; ++r) {
                     const int64_t t0 = static_cast<int64_t>(best_tile[r]) * kTileGroups;
-                    const int groups = static_cast<int>(std::min<int64_t>(kTileGroups, ngroups - t0));
+                    const int groups =
+                        static_cast<int>(std::min<int64_t>(kTileGroups, ngroups - t0));
                     const float* tile = Pg + t0 * h * kLanes;
                     const float* yr = y.get() + static_cast<int64_t>(r) * h8;
                     const int32_t j = h == 16 ? find_in_tile<16>(yr, 16, tile, groups, best[r])
@@ -381,9 +382,9 @@ void rpq_forward(std::uintptr_t x, const std::string& x_dtype, int64_t N, int64_
 }  // namespace
 
 void init_quantize(py::module_& m) {
-    m.def("rpq_forward", &rpq_forward, py::arg("x"), py::arg("x_dtype"), py::arg("N"),
-          py::arg("d"), py::arg("stride0"), py::arg("stride1"), py::arg("projection"),
-          py::arg("codebook"), py::arg("G"), py::arg("n"), py::arg("h"), py::arg("out"),
+    m.def("rpq_forward", &rpq_forward, py::arg("x"), py::arg("x_dtype"), py::arg("N"), py::arg("d"),
+          py::arg("stride0"), py::arg("stride1"), py::arg("projection"), py::arg("codebook"),
+          py::arg("G"), py::arg("n"), py::arg("h"), py::arg("out"),
           "Random-projection quantizer: out (N, G) int64 = argmax_i <C^_g[i], normalize(x A_g)>, "
           "ties to the lowest index. x (N, d) float32/bfloat16/float16 with strides (stride0, "
           "stride1) in elements; projection (G, d, h) float32 contiguous; codebook (G, n, h) "

@@ -203,11 +203,16 @@ def test_against_float64_ground_truth():
     x = _signal(2, n=12000, sr=24000)
     gt = _torchaudio(x.double(), **cfg)
     ta = _torchaudio(x, **cfg)
-    ta_err = ((ta.double() - gt).abs() / gt).max().item()
+    # relative error in bands within 60 dB of the peak; far below it neither side has exact fp32
+    # digits (a 1-in-40 seed put the max relative error of a near-silent band at 7x torchaudio's)
+    strong = gt >= 1e-6 * gt.amax()
+    ta_err = ((ta.double() - gt).abs() / gt)[strong].max().item()
+    ta_abs = (ta.double() - gt).abs().max().item()
     for backend, _ in (p.values for p in KERNELS):
         y = _run(backend, x, **cfg).double()
-        err = ((y - gt).abs() / gt).max().item()
+        err = ((y - gt).abs() / gt)[strong].max().item()
         assert err <= 4 * ta_err + 1e-6, (backend, err, ta_err)
+        assert (y - gt).abs().max().item() <= 4 * ta_abs + 1e-6 * gt.amax().item(), backend
 
 
 def test_librosa_slaney():
