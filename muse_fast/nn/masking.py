@@ -27,7 +27,7 @@ class TokenMasker(nn.Module):
         x: torch.Tensor,
         *,
         generator: torch.Generator | None = None,
-        seed: int | None = None,
+        seed: int | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         B, L = x.shape[0], x.shape[1]
         if not self.training or self.mask_ratio == 0.0:
@@ -78,7 +78,7 @@ class SpanMasker(nn.Module):
         x: torch.Tensor,
         *,
         generator: torch.Generator | None = None,
-        seed: int | None = None,
+        seed: int | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         B, T = x.shape[0], x.shape[1]
         if not self.training:

@@ -161,7 +161,7 @@ def random_token_mask(
     mask_ratio: float = 0.9,
     *,
     generator: torch.Generator | None = None,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Indices of the tokens to keep: (batch, n_keep) int64, ascending in each row, each row an
@@ -169,8 +169,10 @@ def random_token_mask(
     ``n_keep = max(1, int(length * (1 - mask_ratio)))`` (:func:`num_kept_tokens`).
 
     Drawn on ``device`` (default: the generator's device, else CPU) without a host
-    synchronization. ``seed`` (int) makes the draw reproducible on every device and backend;
-    ``generator`` draws a seed from that generator; neither uses the global RNG of ``device``.
+    synchronization. ``seed`` (an int, or a one-element int64 tensor holding the 64 key bits,
+    e.g. drawn on the device once and shared by several draws) makes the draw reproducible on
+    every device and backend; ``generator`` draws a seed from that generator; neither uses the
+    global RNG of ``device``.
 
     >>> keep = random_token_mask(4096, 48, 0.9, device="cuda")   # (4096, 4)
     >>> tokens = gather_tokens(x, keep)
@@ -804,7 +806,7 @@ def span_mask(
     prob: float,
     *,
     generator: torch.Generator | None = None,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """bool (batch, frames), True = masked: ``frames // span`` non-overlapping spans, each masked
@@ -915,7 +917,7 @@ def apply_span_mask(
     noise_std: float | None = None,
     mask_embedding: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x with its masked frames replaced: x (B, T) or (B, T, D) float, mask (B, T) bool.
 

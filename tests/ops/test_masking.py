@@ -84,6 +84,11 @@ def test_reproducible_and_seed_dependent():
     c = random_token_mask(8, 48)
     torch.manual_seed(9)
     assert torch.equal(c, random_token_mask(8, 48))
+    # a seed tensor (the 64 key bits, as a model draws it on the device) is the same key
+    assert torch.equal(a, random_token_mask(8, 48, seed=torch.tensor(1)))
+    assert torch.equal(
+        span_mask(3, 40, 4, 0.5, seed=2**64 - 5), span_mask(3, 40, 4, 0.5, seed=torch.tensor(-5))
+    )
 
 
 def test_uniform_over_subsets():
