@@ -363,7 +363,8 @@ void wz_tile(const T* W, int64_t bm, int64_t kn, const T* zk, int64_t Dp, T* acc
         for (int64_t d0 = 0; d0 < Dp; d0 += NR)
             wz_micro<T, MR>(W + i * BN, kn, zk, Dp, d0, acc + i * Dp);
     for (; i < bm; ++i)
-        for (int64_t d0 = 0; d0 < Dp; d0 += NR) wz_micro<T, 1>(W + i * BN, kn, zk, Dp, d0, acc + i * Dp);
+        for (int64_t d0 = 0; d0 < Dp; d0 += NR)
+            wz_micro<T, 1>(W + i * BN, kn, zk, Dp, d0, acc + i * Dp);
 }
 
 // acc[r][d0 .. d0+NR) += sum_i W[i][k+r] zn_i[d0 .. d0+NR) for MR output rows k+r:
@@ -424,8 +425,8 @@ struct Geometry {
 };
 
 template <typename T>
-void forward(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_pos, bool with_t,
-             T* lse, T* pos, T* tout) {
+void forward(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_pos, bool with_t, T* lse,
+             T* pos, T* tout) {
     constexpr T NEG = Traits<T>::NEG;
     const int64_t nb1 = (g.row_count + BM - 1) / BM;
 #pragma omp parallel if (2 * g.row_count * g.M * g.D >= kParallelWork)
@@ -478,8 +479,8 @@ void forward(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_pos, 
 
 // dz_row = alpha * (the normalization's backward of gr) in the output dtype
 template <typename T, typename S>
-inline void write_row_grad(const Scratch<T>& sc, const Geometry& g, bool normalize, T eps,
-                           T alpha, int64_t row, const T* gr, S* out) {
+inline void write_row_grad(const Scratch<T>& sc, const Geometry& g, bool normalize, T eps, T alpha,
+                           int64_t row, const T* gr, S* out) {
     if (normalize) {
         const T nrm = sc.norm[row];
         const T rn = T(1) / std::max(nrm, eps);
@@ -487,8 +488,7 @@ inline void write_row_grad(const Scratch<T>& sc, const Geometry& g, bool normali
         T proj = 0;
         if (nrm >= eps)
             for (int64_t d = 0; d < g.D; ++d) proj += zr[d] * gr[d];
-        for (int64_t d = 0; d < g.D; ++d)
-            out[d] = store_as<S>(alpha * rn * (gr[d] - zr[d] * proj));
+        for (int64_t d = 0; d < g.D; ++d) out[d] = store_as<S>(alpha * rn * (gr[d] - zr[d] * proj));
     } else {
         for (int64_t d = 0; d < g.D; ++d) out[d] = store_as<S>(alpha * gr[d]);
     }
@@ -631,9 +631,8 @@ void forward_sym(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_p
 }
 
 template <typename T, typename S>
-void backward_sym(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_pos,
-                  bool normalize, T eps, const T* c, T alpha, S* dz, int64_t dz_stride,
-                  int threads, T* accs) {
+void backward_sym(const Scratch<T>& sc, const Geometry& g, T beta, bool exclude_pos, bool normalize,
+                  T eps, const T* c, T alpha, S* dz, int64_t dz_stride, int threads, T* accs) {
     const int64_t M = g.M, Dp = g.Dp, nb = (M + SB - 1) / SB;
 #pragma omp parallel num_threads(threads)
     {
@@ -739,8 +738,8 @@ void init_nt_xent(py::module_& m) {
         "nt_xent_bwd",
         [](std::uintptr_t z, const std::string& dtype, int64_t M, int64_t D, int64_t stride,
            int64_t n_pairs, bool normalize, double eps, double beta, int64_t row_start,
-           int64_t row_count, bool exclude_pos, std::uintptr_t c, double alpha,
-           int64_t sym_threads, std::uintptr_t scratch, std::uintptr_t dz, int64_t dz_stride) {
+           int64_t row_count, bool exclude_pos, std::uintptr_t c, double alpha, int64_t sym_threads,
+           std::uintptr_t scratch, std::uintptr_t dz, int64_t dz_stride) {
             const Geometry g = check_geometry(M, D, stride, n_pairs, row_start, row_count);
             MUSE_CHECK(dz_stride >= D, "dz: row stride smaller than the row length");
             MUSE_CHECK(sym_threads == 0 || row_count == n_pairs,
@@ -754,8 +753,8 @@ void init_nt_xent(py::module_& m) {
                 prepare<S, T>(muse::ptr<const S>(z), M, D, stride, normalize, T(eps), sc);
                 if (sym_threads > 0)
                     backward_sym<T, S>(sc, g, T(beta), exclude_pos, normalize, T(eps),
-                                       muse::ptr<const T>(c), T(alpha), muse::ptr<S>(dz),
-                                       dz_stride, int(sym_threads), sc.norm + M);
+                                       muse::ptr<const T>(c), T(alpha), muse::ptr<S>(dz), dz_stride,
+                                       int(sym_threads), sc.norm + M);
                 else
                     backward<T, S>(sc, g, T(beta), exclude_pos, normalize, T(eps),
                                    muse::ptr<const T>(c), T(alpha), muse::ptr<S>(dz), dz_stride);
