@@ -5,11 +5,11 @@
 //
 // The Python side validates shapes, dtypes, devices and index ranges before calling; the
 // MUSE_CHECKs here only guard against a segfault.
+#include <pybind11/stl.h>
+
 #include <algorithm>
 #include <type_traits>
 #include <vector>
-
-#include <pybind11/stl.h>
 
 #include "common.h"
 
@@ -54,8 +54,9 @@ void random_token_mask(std::uintptr_t seed_ptr, int64_t batch, int64_t length, i
                 continue;
             }
             for (int64_t l = 0; l < length; ++l) {
-                const uint32_t w = philox4x32(seed, static_cast<uint32_t>(l),
-                                              static_cast<uint32_t>(b), 0u, 0u).v[0];
+                const uint32_t w =
+                    philox4x32(seed, static_cast<uint32_t>(l), static_cast<uint32_t>(b), 0u, 0u)
+                        .v[0];
                 packed[l] = (static_cast<uint64_t>(w >> 1) << 32) | static_cast<uint64_t>(l);
             }
             std::copy(packed.begin(), packed.end(), sel.begin());
@@ -163,8 +164,7 @@ void patch_gather_impl(const T* spec, const PatchGeom& g, const int64_t* idx, in
             if (eps >= 0) {
                 Acc mean, rstd;
                 moments<Acc>(buf.data(), g.K, static_cast<Acc>(eps), mean, rstd);
-                for (int64_t k = 0; k < g.K; ++k)
-                    o[k] = store<T>((buf[k] - mean) * rstd);
+                for (int64_t k = 0; k < g.K; ++k) o[k] = store<T>((buf[k] - mean) * rstd);
             } else {
                 for (int64_t k = 0; k < g.K; ++k) o[k] = store<T>(buf[k]);
             }
@@ -176,8 +176,7 @@ void patch_gather_impl(const T* spec, const PatchGeom& g, const int64_t* idx, in
 // through the LayerNorm when eps >= 0: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
 template <typename T>
 void patch_scatter_impl(const T* grad, const T* spec, const PatchGeom& g, const int64_t* idx,
-                        int64_t batch, int64_t n_keep, double eps, int64_t H, int64_t W,
-                        T* out) {
+                        int64_t batch, int64_t n_keep, double eps, int64_t H, int64_t W, T* out) {
     using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
     const int64_t o1 = H * W, o0 = g.C * H * W;
 #pragma omp parallel if (batch * n_keep * g.K >= (1 << 16))
@@ -222,8 +221,8 @@ PatchGeom make_geom(int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw,
     MUSE_CHECK(strides.size() == 4, "spec: expected 4 strides");
     MUSE_CHECK(ph >= 1 && pw >= 1 && H % ph == 0 && W % pw == 0,
                "patch_size: must divide the spectrogram size");
-    return PatchGeom{C, ph, pw, W / pw, ph * pw * C, strides[0], strides[1], strides[2],
-                     strides[3]};
+    return PatchGeom{C,          ph,         pw,         W / pw,    ph * pw * C,
+                     strides[0], strides[1], strides[2], strides[3]};
 }
 
 void patch_gather(std::uintptr_t spec_ptr, const std::string& dtype,
@@ -270,8 +269,8 @@ void span_mask(std::uintptr_t seed_ptr, int64_t batch, int64_t frames, int64_t s
     for (int64_t b = 0; b < batch; ++b) {
         bool* o = out + b * frames;
         for (int64_t s = 0; s < n_spans; ++s) {
-            const uint32_t w = philox4x32(seed, static_cast<uint32_t>(s), static_cast<uint32_t>(b),
-                                          1u, 0u).v[0];
+            const uint32_t w =
+                philox4x32(seed, static_cast<uint32_t>(s), static_cast<uint32_t>(b), 1u, 0u).v[0];
             const bool m = static_cast<int64_t>(w >> 8) < threshold;
             std::fill(o + s * span, o + (s + 1) * span, m);
         }
@@ -295,8 +294,7 @@ void span_noise_fill_impl(const T* x, const bool* mask, uint64_t seed, int64_t b
             for (int64_t d = 0; d < dim; ++d) {
                 const auto r = philox4x32(seed, static_cast<uint32_t>(t), static_cast<uint32_t>(b),
                                           2u, static_cast<uint32_t>(d));
-                const float u1 =
-                    static_cast<float>((r.v[0] >> 8) + 1u) * (1.0f / 16777216.0f);
+                const float u1 = static_cast<float>((r.v[0] >> 8) + 1u) * (1.0f / 16777216.0f);
                 const float u2 = static_cast<float>(r.v[1] >> 8) * (1.0f / 16777216.0f);
                 const float z = std::sqrt(-2.0f * std::log(u1)) * std::cos(u2 * 6.28318530717958f);
                 out[off + d] = store<T>(noise_std * z);
@@ -332,10 +330,9 @@ void init_masking(py::module_& m) {
           py::arg("out_ptr"), py::arg("batch"), py::arg("length"), py::arg("n_keep"),
           py::arg("dim"), py::arg("dtype"),
           "out = 0; out[b, idx[b, k]] += grad[b, k] (writes all of out)");
-    m.def("patch_gather", &patch_gather, py::arg("spec_ptr"), py::arg("dtype"),
-          py::arg("strides"), py::arg("batch"), py::arg("channels"), py::arg("height"),
-          py::arg("width"), py::arg("ph"), py::arg("pw"), py::arg("idx_ptr"), py::arg("n_keep"),
-          py::arg("eps"), py::arg("out_ptr"),
+    m.def("patch_gather", &patch_gather, py::arg("spec_ptr"), py::arg("dtype"), py::arg("strides"),
+          py::arg("batch"), py::arg("channels"), py::arg("height"), py::arg("width"), py::arg("ph"),
+          py::arg("pw"), py::arg("idx_ptr"), py::arg("n_keep"), py::arg("eps"), py::arg("out_ptr"),
           "kept patches (batch * n_keep, ph * pw * C), LayerNorm-ed when eps >= 0");
     m.def("patch_scatter", &patch_scatter, py::arg("grad_ptr"), py::arg("spec_ptr"),
           py::arg("dtype"), py::arg("strides"), py::arg("batch"), py::arg("channels"),
