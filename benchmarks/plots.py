@@ -58,26 +58,31 @@ def plot_myna_batch(payload: dict, out: Path) -> Path | None:
     for r, color in zip(rows, ("tab:blue", "tab:orange", "tab:green")):
         trials = r["extra"]["trials"]
         good = sorted((t["batch"], t["peak_mb"]) for t in trials if t["fits"] and t["peak_mb"])
-        bad = [t["batch"] for t in trials if not t["fits"]]
+        bad = [(t["batch"], t["peak_mb"]) for t in trials if not t["fits"]]
         if good:
             ax.plot(*zip(*good), "o-", color=color, label=f"{r['variant']}: fits")
-        for b in bad:
-            ax.axvline(b, color=color, ls=":", alpha=0.6)
+        bad_measured = [b for b in bad if b[1]]
+        if bad_measured:
+            ax.plot(*zip(*bad_measured), "x", color=color, ms=8, label=f"{r['variant']}: too big")
+        for b, peak in bad:
+            if not peak:
+                ax.axvline(b, color=color, ls=":", alpha=0.6)  # out of memory: no peak known
         best = r["extra"]["max_batch"]
         if best:
             ax.annotate(
                 f"max {best}",
                 (best, r["peak_mb"] or 0),
                 textcoords="offset points",
-                xytext=(4, 6),
+                xytext=(-20, -16),
                 color=color,
+                fontweight="bold",
             )
         cap = r["extra"].get("cap_mb") or cap
     if cap:
         ax.axhline(cap, color="red", ls="--", label=f"cap {cap} MB")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch per device (dotted: did not fit)")
-    ax.set_ylabel("memory of a train step (MB)")
+    ax.set_xlabel("batch per device (x / dotted line: did not fit)")
+    ax.set_ylabel("memory of a train step (MB)\nweights + Adam + batch + step peak")
     ax.set_title("Myna-Hybrid vit-s: largest batch per device\n" + _title(payload["environment"]))
     ax.legend(fontsize=8)
     return _save(fig, out)
@@ -121,7 +126,7 @@ def plot_throughput(payload: dict, out: Path) -> Path | None:
     plt = _plt()
     recipes = list(dict.fromkeys(r["params"]["recipe"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(recipes)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7, 1.8 * len(recipes)), 4.5))
     width = 0.8 / len(variants)
     for i, v in enumerate(variants):
         ys = []

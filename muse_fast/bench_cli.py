@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -29,7 +30,15 @@ class ProgressPlugin:
     """A pytest plugin: a tqdm bar over the collected benchmarks (instead of pytest's dots)."""
 
     def __init__(self, file=None, disable: bool | None = None):
-        self.file = file if file is not None else sys.stderr
+        self._own_file = file is None
+        if file is None:
+            # a duplicate of the terminal's stderr: pytest's output capture redirects fd 2
+            # while benchmarks run, and the bar must stay visible
+            try:
+                file = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+            except (AttributeError, OSError, ValueError):
+                file, self._own_file = sys.stderr, False
+        self.file = file
         self.disable = disable
         self.bar = None
         self.total = 0
@@ -44,7 +53,6 @@ class ProgressPlugin:
             desc="muse-fast bench",
             unit="bench",
             file=self.file,
-            dynamic_ncols=True,
             disable=self.disable,
         )
 
@@ -70,6 +78,9 @@ class ProgressPlugin:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self._own_file:
+            self.file.close()
+            self._own_file = False
 
 
 def _load(bench_dir: Path, name: str) -> ModuleType:

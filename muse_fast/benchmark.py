@@ -404,3 +404,34 @@ def make_train_step(
     step.optimizer = opt  # type: ignore[attr-defined]
     step.config = cfg  # type: ignore[attr-defined]
     return step, net, batch
+
+
+def training_threads() -> int:
+    """The CPU thread count ``muse-fast pretrain`` trains with on this machine: the available
+    cores minus its data-loader worker (``OMP_NUM_THREADS``, when set, is left alone), so CPU
+    training-step benchmarks run as a CPU training run does."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    from .train.loop import _auto_workers
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = _auto_workers(torch.device("cpu"), 1)
+    return max(1, min(torch.get_num_threads(), (cpus or 1) - workers))
+
+
+class cpu_threads:
+    """``with cpu_threads(n):`` — ``torch.set_num_threads(n)`` for the block (no-op for None)."""
+
+    def __init__(self, n: int | None):
+        self.n = n
+        self.old: int | None = None
+
+    def __enter__(self) -> cpu_threads:
+        if self.n is not None:
+            self.old = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.old is not None:
+            torch.set_num_threads(self.old)

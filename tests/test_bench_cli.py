@@ -238,6 +238,8 @@ def test_find_max_batch_doubles_then_bisects():
     assert [t[0] for t in trials] == calls
     assert find(lambda b: (b <= 2, None), start=16, limit=64)[0] == 2  # start too big: go down
     assert find(lambda b: (False, None), start=4, limit=64)[0] == 0
+    best, trials = find(lambda b: (False, None), start=2, limit=64, minimum=2)
+    assert best == 0 and [t[0] for t in trials] == [2]
     best, trials = find(lambda b: (True, None), start=4, limit=48)
     assert best == 48 and [t[0] for t in trials] == [4, 8, 16, 32, 48]
 
