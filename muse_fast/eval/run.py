@@ -144,10 +144,13 @@ def probe_task(
     cache_dir: str | None = None,
     progress: bool = False,
     log=None,
+    keep_predictions: bool = False,
 ) -> dict[str, Any]:
     """Probe ``task`` on every extractor's features; returns the result record (JSON-ready):
     ``{"task", "target", "description", "splits", "primary", "seed", "rows": [...]}`` with one
-    row per (features, probe): chosen hyper-parameters, validation and test metrics."""
+    row per (features, probe): chosen hyper-parameters, validation and test metrics. With
+    ``keep_predictions`` rows of global multiclass tasks also hold ``test_predictions`` (the
+    predicted class of each test track, in split order) for paired comparisons."""
     sets = {**default_settings(task), **(settings or {})}
     unknown = [p for p in probes if p not in sets]
     if unknown:
@@ -180,9 +183,8 @@ def probe_task(
             )  # fmt: skip
             valid = score(task, task.splits["valid"], _predict(task, probe, feats["valid"]))
             th = valid.get("threshold") if task.target == "beat" else None
-            test = score(
-                task, task.splits["test"], _predict(task, probe, feats["test"]), threshold=th
-            )
+            pred_test = _predict(task, probe, feats["test"])
+            test = score(task, task.splits["test"], pred_test, threshold=th)
             rows.append(
                 {
                     "features": ex.name,
@@ -198,6 +200,8 @@ def probe_task(
                     "seconds": round(time.perf_counter() - t1 + t_feat, 2),
                 }
             )
+            if keep_predictions and task.output == "multiclass" and task.level == "global":
+                rows[-1]["test_predictions"] = [int(np.argmax(p)) for p in pred_test]
             if log:
                 log(
                     f"    {kind}: valid {PRIMARY[task.target]} {valid[PRIMARY[task.target]]:.3f}, test {test[PRIMARY[task.target]]:.3f}"
