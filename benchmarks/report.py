@@ -303,8 +303,8 @@ def build_summary(directory: Path | str) -> str:
             f"{e0.get('triton')} · CUDA {e0.get('cuda')} · muse_fast {e0.get('muse_fast')} @ "
             f"{', '.join(commits)} · {dates[0][:16]} – {dates[-1][:16]} UTC"
             + (
-                f" · 1-min load average {min(loads):.1f}–{max(loads):.1f} "
-                f"on {e0.get('cpu_count')} CPUs"
+                f" · 1-min load average when the files were written "
+                f"{min(loads):.1f}–{max(loads):.1f} on {e0.get('cpu_count')} CPUs"
                 if loads
                 else ""
             ),

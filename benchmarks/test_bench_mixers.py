@@ -12,7 +12,7 @@ Threads: on the CPU, the count ``muse-fast pretrain`` trains with here
 (:func:`muse_fast.benchmark.training_threads`; 1 on a 2-core machine), in each row's params.
 
 Sizes: GPU — the real MuseLQ ``large`` config (12 × 1024, 16 heads, cgMLP 4096), bf16 autocast,
-B = 4, T up to 8000 (5.3 min of audio). CPU — a reduced Branchformer (2 × 256, 4 heads, cgMLP 1024),
+B = 2, T up to 8000 (5.3 min of audio). CPU — a reduced Branchformer (2 × 256, 4 heads, cgMLP 1024),
 fp32, B = 1, T up to 2000 (80 s), so the sweep fits a 2-core machine; the parameter counts of the
 real configs are in ``test_bench_claims.py``.
 
@@ -54,7 +54,7 @@ def test_bench_muselq_encoder(measure, bench_device, quick, variant, t_index):
     gpu = bench_device.type == "cuda"
     overrides = GPU_CONFIG if gpu else CPU_CONFIG
     cfg = config_for("muselq-branchformer", mixer=MIXERS[variant], **overrides)
-    B = 4 if gpu else 1
+    B = 2 if gpu else 1
     torch.manual_seed(0)
     encoder = Encoder(cfg).to(bench_device).train()
     x = torch.randn(B, T, cfg.dim, device=bench_device, requires_grad=True)
