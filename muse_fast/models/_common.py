@@ -100,20 +100,26 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, layers: Sequence[int] | None = None):
-        """Final output (B, N, D); with ``layers`` also the outputs of those blocks (the last
-        block's after the final LayerNorm), as a list in the order asked."""
-        keep: dict[int, torch.Tensor] = {}
-        want = set(layers or ())
-        last = len(self.layers) - 1
-        for i, block in enumerate(self.layers):
-            x = block(x)
-            if i in want and i != last:
-                keep[i] = x
-        x = self.norm(x)
-        if layers is None:
-            return x
-        keep[last] = x
-        return x, [keep[i] for i in layers]
+        return run_blocks(self.layers, self.norm, x, layers)
+
+
+def run_blocks(
+    blocks: nn.ModuleList, norm: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = None
+) -> Any:
+    """``norm(blocks(x))`` (B, N, D); with ``layers`` also the outputs of those blocks (the last
+    block's after the final norm), as a list in the order asked: ``(out, [per-layer])``."""
+    keep: dict[int, torch.Tensor] = {}
+    want = set(layers or ())
+    last = len(blocks) - 1
+    for i, block in enumerate(blocks):
+        x = block(x)
+        if i in want and i != last:
+            keep[i] = x
+    x = norm(x)
+    if layers is None:
+        return x
+    keep[last] = x
+    return x, [keep[i] for i in layers]
 
 
 # --------------------------------------------------------------------------- checks

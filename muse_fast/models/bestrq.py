@@ -192,18 +192,7 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
 
     def forward(self, x: torch.Tensor, layers: list[int] | None = None) -> Any:
-        keep: dict[int, torch.Tensor] = {}
-        want = set(layers or ())
-        last = len(self.layers) - 1
-        for i, block in enumerate(self.layers):
-            x = block(x)
-            if i in want and i != last:
-                keep[i] = x
-        x = self.norm(x)
-        if layers is None:
-            return x
-        keep[last] = x
-        return x, [keep[i] for i in layers]
+        return C.run_blocks(self.layers, self.norm, x, layers)
 
 
 class BestRQ(C.EncoderModel):
