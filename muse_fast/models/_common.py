@@ -169,6 +169,16 @@ def get_audio(batch: object, *, name: str = "batch") -> torch.Tensor:
     return batch["audio"]
 
 
+def two_view_batch(batch: object, segment_samples: int) -> tuple[torch.Tensor, int]:
+    """Contrastive batch ``batch["audio"]`` (B, 2, samples) → both views stacked (2B, S) with
+    S = ``segment_samples`` (views [0..B) then [B..2B)), and B."""
+    audio = check_audio(
+        "batch['audio']", get_audio(batch), ndim=3, min_samples=segment_samples, n_views=2
+    )
+    views = torch.cat([audio[:, 0], audio[:, 1]])[:, :segment_samples]  # (2B, S)
+    return views, audio.shape[0]
+
+
 def resolve_layers(layer: Layer, depth: int) -> tuple[list[int], bool]:
     """``layer`` → (block indices to keep, whether a list is returned)."""
     if layer is None:

@@ -204,19 +204,11 @@ class Myna(C.EncoderModel):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Two-view contrastive loss; ``batch["audio"]``: (B, 2, segment_samples)."""
         cfg = self.config
-        audio = C.check_audio(
-            "batch['audio']",
-            C.get_audio(batch),
-            ndim=3,
-            min_samples=cfg.segment_samples,
-            n_views=2,
-        )
-        b = audio.shape[0]
+        views, b = C.two_view_batch(batch, cfg.segment_samples)  # (2B, S)
         index = batch.get("index") if isinstance(batch, dict) else None
         if cfg.loss == "sogclr" and index is None:
             raise ValueError("batch['index']: the 'sogclr' loss needs the items' dataset indices")
         with self._backend():
-            views = torch.cat([audio[:, 0], audio[:, 1]])[:, : cfg.segment_samples]  # (2B, S)
             spec = self.spectrogram(views, cfg.n_frames)  # (2B, n_mels, n_frames)
             losses = []
             for which in range(len(self.embeds)):

@@ -101,16 +101,8 @@ class ViT1D(C.EncoderModel):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """NT-Xent between the class tokens of the two views; ``batch["audio"]`` (B, 2, samples)."""
         cfg = self.config
-        audio = C.check_audio(
-            "batch['audio']",
-            C.get_audio(batch),
-            ndim=3,
-            min_samples=cfg.segment_samples,
-            n_views=2,
-        )
-        b = audio.shape[0]
+        views, b = C.two_view_batch(batch, cfg.segment_samples)  # (2B, S)
         with self._backend():
-            views = torch.cat([audio[:, 0], audio[:, 1]])[:, : cfg.segment_samples]
             z = self._encode(self.spectrogram(views, cfg.n_frames))[:, 0].float()  # (2B, D)
             return self.criterion(z[:b], z[b:])
 
