@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..data.synthetic import CHORD_NAMES, KEY_NAMES, NO_CHORD, PITCH_NAMES
+
 __all__ = [
     "CHORD_LABELS",
     "KEY_NAMES",
@@ -34,12 +36,8 @@ __all__ = [
     "tagging_scores",
 ]
 
-PITCH_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-KEY_NAMES = tuple(f"{p} major" for p in PITCH_NAMES) + tuple(f"{p} minor" for p in PITCH_NAMES)
-CHORD_LABELS = (
-    tuple(f"{p}:maj" for p in PITCH_NAMES) + tuple(f"{p}:min" for p in PITCH_NAMES) + ("N",)
-)
-NO_CHORD = 24
+# One label convention for the corpus and the metrics: class ids 0..23 (12 major, 12 minor)
+CHORD_LABELS = (*CHORD_NAMES, "N")  # mir_eval chord labels; id NO_CHORD (24) = "N"
 
 _TONIC = {
     "c": 0, "b#": 0, "c#": 1, "db": 1, "d": 2, "d#": 3, "eb": 3, "e": 4, "fb": 4, "f": 5,
