@@ -1,14 +1,25 @@
 PYTHON ?= python
 PYTEST_WORKERS ?= 2
+# Extra pytest arguments, e.g. PYTEST_ARGS="-p randomly" for a shuffled order.
+PYTEST_ARGS ?=
 
-.PHONY: install test test-fast bench bench-quick lint format results clean
+.PHONY: install test test-shuffled sweep test-fast bench bench-quick lint format results clean
 
 install:
 	$(PYTHON) -m pip install -e ".[dev]"
 
-# The test command the README names and CI runs.
+# The test command the README names and CI runs. The seed is drawn per run and printed;
+# replay one with MUSE_FAST_TEST_SEED=<seed> make test.
 test:
-	$(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile -q
+	$(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile -q $(PYTEST_ARGS)
+
+# Shuffled order (pytest-randomly; the order follows MUSE_FAST_TEST_SEED too).
+test-shuffled:
+	$(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile -q -p randomly $(PYTEST_ARGS)
+
+# N fresh seeds in a row (default 5); failing seeds' logs stay in runs/seed_sweep/.
+sweep:
+	bash scripts/seed_sweep.sh $(or $(N),5)
 
 bench:
 	$(PYTHON) -m pytest benchmarks --benchmark -q -p no:randomly

@@ -6,7 +6,15 @@ flash-attention's comparison against eager PyTorch's own error).
 
 from __future__ import annotations
 
+import os
+import random
+import zlib
+
 import torch
+
+from ._runtime import poison  # noqa: F401  (re-exported)
+
+SEED_ENV = "MUSE_FAST_TEST_SEED"
 
 # Absolute / relative tolerance of a kernel against a reference computed in the same dtype.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
@@ -15,6 +23,27 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float16: (1e-3, 1e-3),
     torch.bfloat16: (1e-2, 1.6e-2),
 }
+
+
+def session_seed() -> int:
+    """The test session's seed: ``MUSE_FAST_TEST_SEED`` if set, else a fresh draw that is
+    exported to ``MUSE_FAST_TEST_SEED`` so worker processes and subprocesses started afterwards
+    (pytest-xdist workers, distributed-test ranks) reuse it and a printed seed replays the run."""
+    value = os.environ.get(SEED_ENV)
+    if value is None:
+        value = str(random.SystemRandom().randrange(2**31))
+        os.environ[SEED_ENV] = value
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{SEED_ENV} must be an integer, got {value!r}") from None
+
+
+def seed_for(nodeid: str, seed: int | None = None) -> int:
+    """Per-test seed: the session seed mixed with the test id, so a test's inputs do not depend
+    on which tests ran before it (xdist scheduling, shuffled order)."""
+    base = session_seed() if seed is None else seed
+    return (base + zlib.crc32(nodeid.encode())) % 2**31
 
 
 def tolerance(dtype: torch.dtype) -> tuple[float, float]:
@@ -67,15 +96,6 @@ def assert_within_eager_error(
     assert k_err <= factor * e_err + atol, (
         f"{msg}kernel error {k_err:.3e} > {factor} x eager error {e_err:.3e} + {atol:.1e}"
     )
-
-
-def poison(t: torch.Tensor) -> torch.Tensor:
-    """Fill ``t`` in place with a value a kernel must overwrite (NaN for floats, -7 for ints)."""
-    if t.is_floating_point():
-        return t.fill_(float("nan"))
-    if t.dtype == torch.bool:
-        return t.fill_(True)
-    return t.fill_(-7)
 
 
 def empty_poisoned(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
