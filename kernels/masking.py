@@ -23,13 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
-from muse_fast._alloc import empty
+from muse_fast._runtime import empty
 
 from ._philox import box_muller, philox4x32, seed_key
 
 
 def _interpret() -> bool:
-    from muse_fast._backend import triton_interpret
+    from muse_fast._runtime import triton_interpret
 
     return triton_interpret()
 

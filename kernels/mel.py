@@ -39,8 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from muse_fast._alloc import empty
-from muse_fast._backend import triton_interpret
+from muse_fast._runtime import empty, triton_interpret
 
 PAD_MODES = {"constant": 0, "reflect": 1, "replicate": 2, "circular": 3}
 LOG_MODES = {"none": 0, "log": 1, "log1p": 2, "db": 3}

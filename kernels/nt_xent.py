@@ -40,8 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from muse_fast._alloc import empty
-from muse_fast._backend import triton_interpret
+from muse_fast._runtime import empty, triton_interpret
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for running maxima and masked logits
 _INF = tl.constexpr(float("inf"))

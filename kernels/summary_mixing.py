@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from muse_fast._alloc import empty
+from muse_fast._runtime import empty
 
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)

@@ -1,10 +1,11 @@
-"""One dispatcher for every op: Triton for CUDA tensors, C++ for CPU tensors, eager reference last.
+"""One dispatcher for every op, and :func:`declare`, the one way an op is declared.
 
-Each op registers an :class:`Op` with up to three implementations that take the same arguments:
+An op (:class:`Op`) has up to four implementations taking the same arguments:
 
 * ``triton``    — kernels in ``muse_fast.kernels``; CUDA tensors, or CPU tensors when the
   process runs Triton's interpreter (``TRITON_INTERPRET=1``, how CI tests the kernels);
 * ``cpu``       — C++ kernels in ``muse_fast._C``; CPU tensors;
+* ``torch``     — a pure-PyTorch fast path (any device; not gated on the extension);
 * ``reference`` — the eager PyTorch definition of the op; always usable.
 
 Selection (:meth:`Op.select`):
@@ -13,19 +14,21 @@ Selection (:meth:`Op.select`):
    used when the op has that implementation; if it has one but refuses the inputs, a
    :class:`BackendUnavailableError` says why. An op with no implementation for the forced backend
    runs its reference (forcing ``cpu`` on an op without C++ kernels is not an error).
-2. Otherwise the preferred backend for the inputs' device (``triton`` on CUDA, ``cpu`` on CPU) runs
-   if it accepts them; if it refuses, the reference runs and a warning (once per op and reason)
-   says why.
+2. Otherwise the kernel for the inputs' device (``triton`` on CUDA, ``cpu`` on CPU), then
+   ``torch``, run if they accept the inputs; the reference runs last. Skipping a backend that
+   refused warns once per op and reason (:class:`FallbackWarning`).
 
 Why a backend refuses is answered by :meth:`Op.availability` (exposed as
 ``muse_fast.ops.available_backends``): a generic part (is Triton importable, is the extension
-built, is the device right) and an op-specific ``*_check`` returning a reason or ``None``.
+built, is the device right) and the op's own ``checks[backend]`` returning a reason or ``None``.
+docs/design.md ("Dispatch") describes the contract.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,8 +37,11 @@ from functools import cache
 from typing import Any
 
 import torch
+import torch as _torch  # `torch` is also a backend name below
 
-BACKENDS: tuple[str, ...] = ("triton", "cpu", "reference")
+from ._runtime import triton_interpret
+
+BACKENDS: tuple[str, ...] = ("triton", "cpu", "torch", "reference")
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "muse_fast_backend", default=None
 )
@@ -72,11 +78,6 @@ def backend(name: str | None) -> Iterator[None]:
         yield
     finally:
         _forced.reset(token)
-
-
-def triton_interpret() -> bool:
-    """True when Triton kernels run on the CPU under the interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 @cache
@@ -120,28 +121,71 @@ def device_of(args: tuple, kwargs: dict) -> torch.device:
 
 
 Check = Callable[..., "str | None"]
+# An implementation: a callable, or "module:attr" imported on first use, where a module under
+# ``kernels.`` is ``muse_fast.kernels.`` (so importing an op never imports triton).
+Impl = Callable[..., Any] | str | None
+ExampleInputs = Callable[[torch.device], "tuple[tuple, dict]"]
+
+
+def resolve(spec: Impl) -> Callable[..., Any] | None:
+    """The callable an :data:`Impl` names."""
+    if spec is None or callable(spec):
+        return spec
+    module, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"implementation {spec!r}: expected 'module:function'")
+    if not module.startswith("muse_fast."):
+        module = f"muse_fast.{module}"
+    return getattr(importlib.import_module(module), attr)
 
 
 @dataclass
 class Op:
-    """An op's implementations, and the rule that picks one for given inputs."""
+    """An op's implementations, and the rule that picks one for given inputs.
+
+    ``triton`` (CUDA, or CPU under the interpreter), ``cpu`` (the C++ extension), ``torch`` (a
+    pure-PyTorch fast path on any device, not gated on the extension) and ``reference`` (the
+    eager definition) take the same arguments. ``checks[backend]`` returns why that backend
+    refuses an input, or None. ``example_inputs(device)`` gives ``(args, kwargs)`` for
+    ``muse-fast info`` and the dispatch tests. Built by :func:`declare`.
+    """
 
     name: str
     reference: Callable[..., Any]
-    triton: Callable[..., Any] | None = None
-    cpu: Callable[..., Any] | None = None
-    triton_check: Check | None = None
-    cpu_check: Check | None = None
+    triton: Impl = None
+    cpu: Impl = None
+    torch: Impl = None
+    checks: dict[str, Check] = field(default_factory=dict)
+    example_inputs: ExampleInputs | None = None
+    library: Callable[..., Any] | None = field(default=None, repr=False)
+    # transition aliases for checks["triton"] / checks["cpu"]
+    triton_check: Check | None = field(default=None, repr=False)
+    cpu_check: Check | None = field(default=None, repr=False)
     _warned: set = field(default_factory=set, repr=False)
+    _resolved: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.triton_check is not None:
+            self.checks.setdefault("triton", self.triton_check)
+        if self.cpu_check is not None:
+            self.checks.setdefault("cpu", self.cpu_check)
+        unknown = set(self.checks) - set(BACKENDS)
+        if unknown:
+            raise ValueError(f"Op {self.name}: checks for unknown backends {sorted(unknown)}")
+
+    def has(self, backend_name: str) -> bool:
+        return backend_name == "reference" or getattr(self, backend_name) is not None
 
     def impl(self, backend_name: str) -> Callable[..., Any] | None:
-        return getattr(self, backend_name)
+        if backend_name not in self._resolved:
+            self._resolved[backend_name] = resolve(getattr(self, backend_name))
+        return self._resolved[backend_name]
 
     def refusal(self, backend_name: str, *args: Any, **kwargs: Any) -> str | None:
         """Why ``backend_name`` cannot take these inputs, or None when it can."""
         if backend_name == "reference":
             return None
-        if self.impl(backend_name) is None:
+        if not self.has(backend_name):
             return f"no {backend_name} kernel for {self.name}"
         dev = device_of(args, kwargs)
         tensors = list(_iter_tensors(args, kwargs))
@@ -155,14 +199,13 @@ class Op:
                 return "tensors are on the CPU; Triton runs them only under TRITON_INTERPRET=1"
             if dev.type not in ("cuda", "cpu"):
                 return f"Triton needs CUDA tensors, got {dev.type}"
-            check = self.triton_check
-        else:
+        elif backend_name == "cpu":
             err = extension_import_error()
             if err:
                 return err
             if dev.type != "cpu":
                 return f"the C++ kernels take CPU tensors, got {dev.type}"
-            check = self.cpu_check
+        check = self.checks.get(backend_name)
         return check(*args, **kwargs) if check is not None else None
 
     def availability(self, *args: Any, **kwargs: Any) -> dict[str, str | None]:
@@ -172,7 +215,7 @@ class Op:
     def select(self, *args: Any, **kwargs: Any) -> tuple[str, Callable[..., Any]]:
         forced = forced_backend()
         if forced is not None:
-            if self.impl(forced) is None:
+            if not self.has(forced):
                 return "reference", self.reference
             why = self.refusal(forced, *args, **kwargs)
             if why is not None:
@@ -180,23 +223,93 @@ class Op:
                     f"{self.name}: backend {forced!r} was forced but {why}"
                 )
             return forced, self.impl(forced)
-        preferred = "triton" if device_of(args, kwargs).type == "cuda" else "cpu"
-        if self.impl(preferred) is not None:
-            why = self.refusal(preferred, *args, **kwargs)
+        kernel = "triton" if device_of(args, kwargs).type == "cuda" else "cpu"
+        reasons = []
+        for name in (kernel, "torch"):
+            if not self.has(name):
+                continue
+            why = self.refusal(name, *args, **kwargs)
             if why is None:
-                return preferred, self.impl(preferred)
-            if why not in self._warned:
-                self._warned.add(why)
-                warnings.warn(
-                    f"muse_fast.{self.name}: falling back to the eager reference: {why}",
-                    FallbackWarning,
-                    stacklevel=3,
-                )
+                self._warn(reasons, name)
+                return name, self.impl(name)
+            reasons.append(f"{name}: {why}")
+        self._warn(reasons, "reference")
         return "reference", self.reference
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def _warn(self, reasons: list[str], chosen: str) -> None:
+        why = "; ".join(reasons)
+        if why and why not in self._warned:
+            self._warned.add(why)
+            warnings.warn(
+                f"muse_fast.{self.name}: falling back to the {chosen} implementation: {why}",
+                FallbackWarning,
+                stacklevel=4,
+            )
+
+    def dispatch(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the selected implementation (no custom-op boundary)."""
         _, fn = self.select(*args, **kwargs)
         return fn(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The registered ``torch.library`` op when there is one, else :meth:`dispatch`."""
+        if self.library is not None:
+            return self.library(*args, **kwargs)
+        return self.dispatch(*args, **kwargs)
+
+
+def declare(
+    name: str,
+    *,
+    reference: Callable[..., Any],
+    triton: Impl = None,
+    cpu: Impl = None,
+    torch: Impl = None,
+    checks: dict[str, Check] | None = None,
+    example_inputs: ExampleInputs | None = None,
+    library: bool = True,
+    fake: Callable[..., Any] | None = None,
+    backward: Callable[..., Any] | None = None,
+    setup_context: Callable[..., Any] | None = None,
+    validate: Callable[..., None] | None = None,
+) -> Op:
+    """Declare an op once: its implementations, their checks, and (``library=True``) the
+    ``torch.library`` custom op ``muse_fast::<name>``.
+
+    The custom op's schema is inferred from ``reference``'s annotations; its body dispatches
+    (:meth:`Op.select`). ``fake`` computes output metadata for ``torch.compile`` (default: the
+    reference, run on fake tensors). ``backward`` / ``setup_context`` are registered with
+    ``register_autograd``. ``validate`` runs inside the custom op before dispatch: checks of
+    values (not shapes) that need the data, so they run eagerly under ``torch.compile`` too.
+    Calling the returned :class:`Op` calls the custom op.
+    """
+    op = register(
+        Op(
+            name,
+            reference=reference,
+            triton=triton,
+            cpu=cpu,
+            torch=torch,
+            checks=dict(checks or {}),
+            example_inputs=example_inputs,
+        )
+    )
+    if not library:
+        return op
+    schema = _torch.library.infer_schema(reference, mutates_args=())
+    body = op.dispatch
+    if validate is not None:
+
+        def body(*args: Any, **kwargs: Any) -> Any:
+            validate(*args, **kwargs)
+            return op.dispatch(*args, **kwargs)
+
+    lib = _torch.library.custom_op(f"muse_fast::{name}", body, mutates_args=(), schema=schema)
+    lib.register_fake(fake or reference)
+    if backward is not None:
+        lib.register_autograd(backward, setup_context=setup_context)
+    op.library = lib
+    return op
 
 
 class BackendUnavailableError(ValueError):

@@ -91,10 +91,10 @@ def test_available_backends_reports_every_registered_op():
     ops = muse_fast.ops.registered_ops()
     assert ops, "no op registered"
     for name, op in ops.items():
-        make = getattr(op.reference, "example_inputs", None)
+        make = op.example_inputs or getattr(op.reference, "example_inputs", None)
         args, kwargs = make(torch.device("cpu")) if make else ((), {})
         avail = muse_fast.ops.available_backends(name, *args, **kwargs)
-        assert list(avail) == ["triton", "cpu", "reference"], name
+        assert list(avail) == ["triton", "cpu", "torch", "reference"], name
         assert avail["reference"] is None, name
         for backend_name, why in avail.items():
             assert why is None or isinstance(why, str), (name, backend_name)

@@ -38,8 +38,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._alloc import empty
 from .._backend import Op, register
+from .._runtime import empty
 from ._checks import FLOATING, check_float, check_int, check_same_device, check_tensor
 from ._philox import box_muller, philox4x32, seed_tensor
 

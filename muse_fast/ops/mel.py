@@ -95,8 +95,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .._alloc import empty
 from .._backend import Op, register
+from .._runtime import empty
 from ._checks import (
     check_choice,
     check_float,

@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._alloc import empty
-from .._backend import Op, register
+from .._backend import declare
+from .._runtime import empty
 from ._checks import FLOATING, check_same_device, check_tensor
 
 __all__ = ["random_projection_quantize", "random_projection_quantize_reference"]
@@ -96,16 +96,6 @@ def random_projection_quantize_reference(
     )
 
 
-random_projection_quantize_reference.example_inputs = lambda device: (
-    (
-        torch.randn(2, 50, 512, device=device),
-        torch.randn(512, 16, device=device) * (2.0 / 528) ** 0.5,
-        torch.randn(8192, 16, device=device),
-    ),
-    {},
-)
-
-
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
@@ -170,16 +160,14 @@ def _rpq_cpu(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) 
     return _finish(out, x, projection)
 
 
-_RPQ = register(
-    Op(
-        "random_projection_quantize",
-        reference=random_projection_quantize_reference,
-        triton=_rpq_triton,
-        cpu=_rpq_cpu,
-        triton_check=_triton_check,
-        cpu_check=_kernel_check,
-    )
-)
+def _example_inputs(device: torch.device) -> tuple[tuple, dict]:
+    x = torch.randn(2, 50, 512, device=device)
+    projection = torch.randn(512, 16, device=device) * (2.0 / 528) ** 0.5
+    return (x, projection, torch.randn(8192, 16, device=device)), {}
+
+
+def _fake(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(_out_shape(x, projection), dtype=torch.long)
 
 
 def _check_values(projection: torch.Tensor, codebook: torch.Tensor) -> None:
@@ -201,15 +189,16 @@ def _check_values(projection: torch.Tensor, codebook: torch.Tensor) -> None:
     )
 
 
-@torch.library.custom_op("muse_fast::random_projection_quantize", mutates_args=())
-def _rpq_op(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    _check_values(projection, codebook)
-    return _RPQ(x, projection, codebook)
-
-
-@_rpq_op.register_fake
-def _(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(_out_shape(x, projection), dtype=torch.long)
+_RPQ = declare(
+    "random_projection_quantize",
+    reference=random_projection_quantize_reference,
+    triton=_rpq_triton,
+    cpu=_rpq_cpu,
+    checks={"triton": _triton_check, "cpu": _kernel_check},
+    example_inputs=_example_inputs,
+    fake=_fake,
+    validate=lambda x, projection, codebook: _check_values(projection, codebook),
+)
 
 
 def random_projection_quantize(
@@ -265,4 +254,4 @@ def random_projection_quantize(
                 f"got shape {tuple(codebook.shape)}"
             )
     check_same_device(x=x, projection=projection, codebook=codebook)
-    return _rpq_op(x, projection, codebook)
+    return _RPQ(x, projection, codebook)

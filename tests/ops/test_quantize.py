@@ -308,7 +308,7 @@ def test_custom_op_traces_under_torch_compile():
     expected = random_projection_quantize(x, a, c)
     compiled = torch.compile(random_projection_quantize, fullgraph=True, backend="eager")
     assert torch.equal(compiled(x, a, c), expected)
-    torch.library.opcheck(Q._rpq_op, (x, a, c), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(Q._RPQ.library, (x, a, c), test_utils=("test_schema", "test_faketensor"))
 
 
 _AOT_SCRIPT = """

@@ -1,0 +1,35 @@
+"""Leaf runtime helpers shared by every layer (no muse_fast imports, no triton import).
+
+* :func:`empty` allocates kernel outputs; with ``MUSE_FAST_POISON=1`` (the tests) they are
+  filled with a value a kernel must overwrite, so an element it forgot to write fails a test
+  instead of holding whatever the allocator left there.
+* :func:`triton_interpret` says whether Triton kernels run on the CPU under the interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def triton_interpret() -> bool:
+    """True when Triton kernels run on the CPU under the interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def poison(t: torch.Tensor) -> torch.Tensor:
+    """Fill ``t`` in place with a value a kernel must overwrite (NaN for floats, -7 for ints)."""
+    if t.is_floating_point():
+        return t.fill_(float("nan"))
+    if t.dtype == torch.bool:
+        return t.fill_(True)
+    return t.fill_(-7)
+
+
+def empty(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """``torch.empty``, poisoned when ``MUSE_FAST_POISON=1``."""
+    t = torch.empty(*shape, dtype=dtype, device=device)
+    if os.environ.get("MUSE_FAST_POISON", "0") == "1" and t.device.type != "meta":
+        poison(t)
+    return t
