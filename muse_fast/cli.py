@@ -23,7 +23,7 @@ def _example_inputs(device: torch.device) -> dict[str, tuple[tuple, dict]]:
 
     examples: dict[str, tuple[tuple, dict]] = {}
     for name, op in registered_ops().items():
-        make = getattr(op.reference, "example_inputs", None)
+        make = op.example_inputs or getattr(op.reference, "example_inputs", None)
         if make is not None:
             examples[name] = make(device)
     return examples
@@ -120,7 +120,7 @@ def _load_commands() -> None:
     """Import the modules that register subcommands (each is optional until its issue lands)."""
     import importlib
 
-    for mod in ("muse_fast.train.cli", "muse_fast.eval.cli", "muse_fast.bench_cli"):
+    for mod in ("muse_fast.train.cli", "muse_fast.data.cli", "muse_fast.eval.cli", "muse_fast.bench_cli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
