@@ -93,7 +93,15 @@ def tiles(mode: str) -> Iterator[None]:
 
 # One entry per kernel: "<op>.<kernel>" -> {"cuda": {...}, "interpreter": {...}}. Block sizes are
 # upper bounds that launchers shrink to the problem; num_warps / num_stages are used as they are.
-TILES: dict[str, dict[str, dict[str, int]]] = {}
+TILES: dict[str, dict[str, dict[str, int]]] = {
+    # -- mel
+    # -- quantize
+    # -- token_mask
+    # -- patch_embed
+    # -- span_mask
+    # -- nt_xent
+    # -- summary_mixing
+}
 
 
 def tile_config(kernel: str, device: torch.device) -> dict[str, int]:
