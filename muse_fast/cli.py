@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 
@@ -29,6 +30,47 @@ def _example_inputs(device: torch.device) -> dict[str, tuple[tuple, dict]]:
     return examples
 
 
+def _cuda_of_tag(version: str) -> str | None:
+    """CUDA version in a wheel's local tag: ``'2.11.1+cu132'`` -> ``'13.2'``; None without one."""
+    m = re.search(r"\+cu(\d+)(\d)$", version)
+    return f"{int(m.group(1))}.{m.group(2)}" if m else None
+
+
+def _torchaudio_cuda(version: str) -> str | None:
+    """The CUDA toolkit torchaudio's extension was compiled with (its ``CUDA_VERSION`` macro,
+    1000 * major + 10 * minor), else the wheel's ``+cuXYZ`` tag; None for a CPU build."""
+    try:
+        code = torch.ops._torchaudio.cuda_version()
+    except Exception:  # extension absent or not loaded: the tag is all we have
+        return _cuda_of_tag(version)
+    if code is None:
+        return None
+    major, minor = divmod(int(code) // 10, 100)
+    return f"{major}.{minor}"
+
+
+def cuda_build_mismatch(
+    torch_version: str, torch_cuda: str | None, ta_version: str, ta_cuda: str | None
+) -> str | None:
+    """A warning when torch and torchaudio were compiled for different CUDA versions
+    (major.minor; a CPU-only build counts as its own kind), else None."""
+
+    def mm(v: str | None) -> str | None:
+        return ".".join(v.split(".")[:2]) if v else None
+
+    if mm(torch_cuda) == mm(ta_cuda):
+        return None
+
+    def built(v: str | None) -> str:
+        return f"CUDA {mm(v)}" if v else "CPU only"
+
+    return (
+        f"WARNING: torch {torch_version} is built for {built(torch_cuda)} but torchaudio "
+        f"{ta_version} for {built(ta_cuda)}; install the torchaudio build that matches torch "
+        "(same +cuXYZ tag; CI's known-good pair is in .ci/known-good.txt)"
+    )
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import platform
 
@@ -51,12 +93,20 @@ def cmd_info(args: argparse.Namespace) -> int:
         import torchaudio
 
         tav = torchaudio.__version__
+        mismatch = cuda_build_mismatch(
+            torch.__version__,
+            torch.version.cuda or _cuda_of_tag(torch.__version__),
+            tav,
+            _torchaudio_cuda(tav),
+        )
     except Exception:
-        tav = "not installed"
+        tav, mismatch = "not installed", None
     print(f"muse_fast {__version__}")
     print(
         f"python {platform.python_version()} · torch {torch.__version__} · torchaudio {tav} · triton {tv}"
     )
+    if mismatch:
+        print(mismatch)
     print(f"device: {dev} ({device_name(dev)})")
     ext_err = extension_import_error()
     if ext_err is None:
