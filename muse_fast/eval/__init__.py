@@ -1,4 +1,4 @@
-"""Evaluation of frozen embeddings (SPEC §4, ``muse-fast probe``).
+"""Evaluation of frozen embeddings (``muse-fast probe``; docs/design.md, "Evaluation").
 
 * :mod:`~muse_fast.eval.datasets` — tasks: GiantSteps key, GTZAN, MagnaTagATune folder adapters
   and built-in synthetic key / beat / chord tasks (:func:`get_task`, :data:`TASKS`).

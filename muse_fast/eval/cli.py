@@ -127,73 +127,77 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="only the table")
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+class _UsageError(ValueError):
+    """A bad command line: printed as ``muse-fast probe: <message>``, exit status 2."""
 
-    from .datasets import get_task
-    from .encoders import load_encoder, random_init_like
-    from .features import EncoderFeatures, HandcraftedFeatures, default_cache_dir
-    from .probes import ProbeSettings
-    from .run import default_settings, format_table, probe_task
 
-    say = (lambda *a: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    if args.checkpoint is None and args.model is None:
-        print(
-            "muse-fast probe: give --checkpoint (a run / checkpoint) or --model (random init)",
-            file=sys.stderr,
-        )
-        return 2
+def _baselines(args: argparse.Namespace) -> set[str]:
     baselines = {b.strip() for b in args.baselines.split(",") if b.strip()} - {"none"}
     bad = baselines - {"random", "handcrafted"}
     if bad:
-        print(
-            f"muse-fast probe: --baselines: unknown {sorted(bad)} (random, handcrafted, none)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        synthetic = args.task.startswith("synthetic-")
-        task = get_task(
-            args.task,
-            args.data,
-            n_tracks=args.n_tracks,
-            duration_s=args.duration,
-            seed=args.data_seed if synthetic else None,
-            split_seed=None if synthetic else args.data_seed,
-            top_n=args.top_n,
-        )
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        overrides = {"size": args.size} if args.size else {}
-        model, spec = load_encoder(
-            args.checkpoint, model=args.model, device=device, seed=args.seed, **overrides
-        )
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"muse-fast probe: {e}", file=sys.stderr)
-        return 2
+        raise _UsageError(f"--baselines: unknown {sorted(bad)} (random, handcrafted, none)")
+    return baselines
 
-    say(f"task {task!r}: {task.description}")
-    say(f"encoder: {spec.describe()} on {device}")
+
+def _load(args: argparse.Namespace):
+    """(task, model, spec, device) named by the command line."""
+    import torch
+
+    from .datasets import get_task
+    from .encoders import load_encoder
+
+    synthetic = args.task.startswith("synthetic-")
+    task = get_task(
+        args.task,
+        args.data,
+        n_tracks=args.n_tracks,
+        duration_s=args.duration,
+        seed=args.data_seed if synthetic else None,
+        split_seed=None if synthetic else args.data_seed,
+        top_n=args.top_n,
+    )
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    overrides = {"size": args.size} if args.size else {}
+    model, spec = load_encoder(
+        args.checkpoint, model=args.model, device=device, seed=args.seed, **overrides
+    )
+    return task, model, spec, device
+
+
+def _layers(args: argparse.Namespace, model) -> list[tuple[int | None, str]]:
+    if args.layer != "all":
+        return [(args.layer, "" if args.layer is None else f"@L{args.layer}")]
+    depth = getattr(getattr(model, "config", None), "depth", None)
+    if not isinstance(depth, int):
+        raise _UsageError("--layer all: the model's config has no 'depth'")
+    return [(k, f"@L{k}") for k in range(depth)]
+
+
+def _extractors(args, task, model, spec, device, baselines: set[str]) -> list:
+    """One feature extractor per (encoder, layer), plus the hand-crafted baseline."""
+    from .encoders import random_init_like
+    from .features import EncoderFeatures, HandcraftedFeatures
+
     main_name = "pretrained" if spec.kind == "checkpoint" else "random-init"
-    if args.layer == "all":
-        depth = getattr(getattr(model, "config", None), "depth", None)
-        if not isinstance(depth, int):
-            print(
-                "muse-fast probe: --layer all: the model's config has no 'depth'", file=sys.stderr
-            )
-            return 2
-        layers = [(k, f"@L{k}") for k in range(depth)]
-    else:
-        layers = [(args.layer, "" if args.layer is None else f"@L{args.layer}")]
     encoders = [(main_name, model)]
     if "random" in baselines and spec.kind == "checkpoint":
         encoders.append(("random-init", random_init_like(spec, device)[0]))
     extractors = [
         EncoderFeatures(m, name=name + tag, layer=k, batch_size=args.batch_size)
-        for k, tag in layers
+        for k, tag in _layers(args, model)
         for name, m in encoders
     ]
     if "handcrafted" in baselines:
         extractors.append(HandcraftedFeatures(task.handcrafted))
+    return extractors
+
+
+def _probe_options(args: argparse.Namespace, task) -> dict:
+    """Keyword arguments of ``probe_task`` that the command line sets."""
+    from .features import default_cache_dir
+    from .probes import ProbeSettings
+    from .run import default_settings
+
     settings = default_settings(task)
     if args.max_epochs:
         settings = {
@@ -205,13 +209,33 @@ def run(args: argparse.Namespace) -> int:
         grid["lr"] = tuple(args.lr)
     if args.weight_decay:
         grid["weight_decay"] = tuple(args.weight_decay)
-    probes = ("linear", "mlp") if args.probe == "both" else (args.probe,)
-    cache = None if args.no_cache else (args.cache_dir or str(default_cache_dir()))
+    return dict(
+        probes=("linear", "mlp") if args.probe == "both" else (args.probe,),
+        settings=settings,
+        grid=grid or None,
+        seed=args.seed,
+        cache_dir=None if args.no_cache else (args.cache_dir or str(default_cache_dir())),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from .run import format_table, probe_task
+
+    say = (lambda *a: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        if args.checkpoint is None and args.model is None:
+            raise _UsageError("give --checkpoint (a run / checkpoint) or --model (random init)")
+        baselines = _baselines(args)
+        task, model, spec, device = _load(args)
+        say(f"task {task!r}: {task.description}")
+        say(f"encoder: {spec.describe()} on {device}")
+        extractors = _extractors(args, task, model, spec, device, baselines)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"muse-fast probe: {e}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
-    result = probe_task(
-        task, extractors, probes=probes, settings=settings, grid=grid or None, seed=args.seed,
-        cache_dir=cache, progress=not args.quiet and sys.stderr.isatty(), log=say,
-    )  # fmt: skip
+    progress = not args.quiet and sys.stderr.isatty()
+    result = probe_task(task, extractors, progress=progress, log=say, **_probe_options(args, task))
     result["encoder"] = {**spec.__dict__, "description": spec.describe(), "layer": args.layer}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     print(format_table(result))
