@@ -96,6 +96,16 @@ def tiles(mode: str) -> Iterator[None]:
 TILES: dict[str, dict[str, dict[str, int]]] = {
     # -- mel
     # -- quantize
+    "quantize.rpq_fwd": {
+        "cuda": {"BLOCK_N": 128, "BLOCK_C": 128, "BLOCK_D": 64, "num_warps": 8, "num_stages": 2},
+        "interpreter": {
+            "BLOCK_N": 64,
+            "BLOCK_C": 1024,
+            "BLOCK_D": 512,
+            "num_warps": 1,
+            "num_stages": 1,
+        },
+    },
     # -- token_mask
     # -- patch_embed
     # -- span_mask

@@ -50,6 +50,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._utils import launch, pow2, tile_config
+
 DOT_PRECISION = "tf32x3"
 # Programs along the row axis per launch; larger N is launched in chunks (tests shrink it).
 MAX_GRID_ROWS = 65535
@@ -131,10 +133,6 @@ def _rpq_fwd_kernel(
     tl.store(out_ptr + rows * stride_on + g, best_idx.to(tl.int64), mask=mask_n)
 
 
-def _pow2(v: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(max(int(v), 1))))
-
-
 def default_precision(device: torch.device) -> str:
     if device.type == "cuda" and getattr(torch.version, "hip", None):
         return "ieee"
@@ -163,26 +161,20 @@ def rpq_forward(
     n_codes = codebook_normalized.shape[1]
     if n_rows == 0:
         return out
-    interp = x.device.type == "cpu"
-    if interp:  # interpreter: few, large numpy ops
-        bn = _pow2(n_rows, 16, 64)
-        bc = _pow2(n_codes, 16, 1024)
-        bd = _pow2(d, 16, 512)
-        num_warps, num_stages = 1, 1
-    else:
-        bn, bc, bd = 128, 128, 64
-        num_warps, num_stages = 8, 2
-    bn = block_n or bn
-    bc = block_c or bc
-    bd = block_d or bd
-    bh = _pow2(h, 16, 1 << 30)
+    cfg = tile_config("quantize.rpq_fwd", x.device)
+    bn = block_n or pow2(n_rows, 16, cfg["BLOCK_N"])
+    bc = block_c or pow2(n_codes, 16, cfg["BLOCK_C"])
+    bd = block_d or pow2(d, 16, cfg["BLOCK_D"])
+    bh = pow2(h, 16)
     precision = input_precision or default_precision(x.device)
     rows_per_launch = MAX_GRID_ROWS * bn
     for start in range(0, n_rows, rows_per_launch):
         stop = min(n_rows, start + rows_per_launch)
         xs, os_ = x[start:stop], out[start:stop]
         grid = (triton.cdiv(stop - start, bn), g_count)
-        _rpq_fwd_kernel[grid](
+        launch(
+            _rpq_fwd_kernel,
+            grid,
             xs,
             projection,
             codebook_normalized,
@@ -203,7 +195,7 @@ def rpq_forward(
             BLOCK_H=bh,
             BLOCK_C=bc,
             PRECISION=precision,
-            num_warps=num_warps,
-            num_stages=num_stages,
+            num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
         )
     return out

@@ -312,13 +312,10 @@ def test_custom_op_traces_under_torch_compile():
 
 
 _AOT_SCRIPT = """
-import importlib.util, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-spec = importlib.util.spec_from_file_location("rpq_kernels", sys.argv[1])  # not all of muse_fast
-K = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(K)
+from muse_fast.kernels import quantize as K
 
 sig = {
     **dict.fromkeys(["x_ptr", "a_ptr", "c_ptr"], "*fp32"),
