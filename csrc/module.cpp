@@ -1,6 +1,7 @@
 // muse_fast._C: one PYBIND11_MODULE; each op's file adds its functions through init_<op>.
 #include "common.h"
 
+void init_crops(py::module_& m);
 void init_masking(py::module_& m);
 void init_quantize(py::module_& m);
 void init_mel(py::module_& m);
@@ -23,6 +24,7 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("seed"), py::arg("c0"), py::arg("c1"), py::arg("c2") = 0, py::arg("c3") = 0,
         "Philox-4x32-10 block (for cross-checking the Python and Triton generators)");
+    init_crops(m);
     init_masking(m);
     init_quantize(m);
     init_mel(m);

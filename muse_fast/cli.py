@@ -170,7 +170,12 @@ def _load_commands() -> None:
     """Import the modules that register subcommands (each is optional until its issue lands)."""
     import importlib
 
-    for mod in ("muse_fast.train.cli", "muse_fast.data.cli", "muse_fast.eval.cli", "muse_fast.bench_cli"):
+    for mod in (
+        "muse_fast.train.cli",
+        "muse_fast.data.cli",
+        "muse_fast.eval.cli",
+        "muse_fast.bench_cli",
+    ):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["AUDIO_EXTENSIONS", "AudioFolder", "load_audio"]
+__all__ = ["AUDIO_EXTENSIONS", "AudioFolder", "list_audio", "load_audio", "probe_audio"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 log = logging.getLogger("muse_fast.data")
@@ -61,6 +61,28 @@ def load_audio(
     return _resample(x, int(sr), int(sample_rate))
 
 
+def probe_audio(path: str | os.PathLike):
+    """``(soundfile.info(path), None)``, or ``(None, reason)`` with reason ``"corrupt"`` or
+    ``"unsupported"`` (an mp3 this libsndfile cannot read) when the header is unusable."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # libsndfile: unreadable header, unknown format
+        msg = str(e).lower()
+        unsupported = Path(path).suffix.lower() == ".mp3" and "format" in msg
+        return None, "unsupported" if unsupported else "corrupt"
+    if info.frames <= 0 or info.samplerate <= 0:
+        return None, "corrupt"
+    return info, None
+
+
+def list_audio(root: str | os.PathLike, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list:
+    """Files under ``root`` (recursive) whose extension is in ``extensions``, sorted."""
+    exts = tuple(e.lower() for e in extensions)
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in exts and p.is_file())
+
+
 class _BadFile(Exception):
     pass
 
@@ -88,8 +110,6 @@ class AudioFolder(torch.utils.data.Dataset):
         crop_retries: int = 3,
         max_replacements: int = 64,
     ):
-        import soundfile as sf
-
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"data folder {str(root)!r} does not exist or is not a folder")
@@ -104,23 +124,15 @@ class AudioFolder(torch.utils.data.Dataset):
         self.crop_retries = int(crop_retries)
         self.max_replacements = int(max_replacements)
         exts = tuple(e.lower() for e in extensions)
-        candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file())
+        candidates = list_audio(root, exts)
         self.skipped: dict[str, list[str]] = {"corrupt": [], "unsupported": [], "too_short": []}
         self.paths: list[str] = []
         self.frames: list[int] = []
         self.rates: list[int] = []
         for p in candidates:
-            try:
-                info = sf.info(str(p))
-            except Exception as e:  # libsndfile: unreadable header, unknown format
-                msg = str(e).lower()
-                reason = (
-                    "unsupported" if p.suffix.lower() == ".mp3" and "format" in msg else "corrupt"
-                )
+            info, reason = probe_audio(p)
+            if info is None:
                 self.skipped[reason].append(str(p))
-                continue
-            if info.frames <= 0 or info.samplerate <= 0:
-                self.skipped["corrupt"].append(str(p))
                 continue
             if segment_samples is not None and info.frames < self._native_len(info.samplerate):
                 self.skipped["too_short"].append(str(p))

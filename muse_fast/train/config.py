@@ -26,6 +26,7 @@ import json
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "load_config_file",
     "make_config",
     "parse_set",
+    "recipe_geometry",
 ]
 
 
@@ -45,7 +47,7 @@ __all__ = [
 class DataConfig:
     """Where training audio comes from."""
 
-    root: str | None = None  # a folder of audio; None: the synthetic corpus
+    root: str | None = None  # a prepared corpus, or a folder of audio; None: synthetic corpus
     extensions: list[str] = field(default_factory=lambda: [".wav", ".flac", ".ogg", ".mp3"])
     silence_threshold: float = 1e-4  # peak below which a crop counts as silent
     synthetic_tracks: int = 2048  # synthetic corpus size (tracks)
@@ -83,11 +85,41 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP option, for models with branches a step skips
 
 
+def _sogclr_size_key(model_cfg: dict) -> str | None:
+    """Myna's global contrastive loss (SogCLR) keeps one state per training item: the model
+    needs the corpus size, which is only known once the data is opened."""
+    if model_cfg.get("loss") == "sogclr" and not model_cfg.get("dataset_size"):
+        return "dataset_size"
+    return None
+
+
 @dataclass(frozen=True)
 class Recipe:
     model: str  # name for muse_fast.models.create
     description: str
     defaults: dict[str, Any]  # TrainConfig fields (nested dicts for model / data)
+    # model.* key to set to the number of training items (or None), given cfg.model
+    sized_by_data: Callable[[dict], str | None] | None = None
+    # model.* overrides under which the model's config can be built before that size is known
+    probe: dict[str, Any] = field(default_factory=dict)
+
+    def data_overrides(self, model_cfg: dict, n_items: int) -> dict[str, Any]:
+        """model.* values that depend on the data (recorded in the run's config)."""
+        key = self.sized_by_data(model_cfg) if self.sized_by_data else None
+        return {key: int(n_items)} if key else {}
+
+
+def recipe_geometry(recipe: str, model_cfg: dict) -> tuple[int, int]:
+    """``(sample_rate, segment_samples)`` of ``recipe``'s model under ``model_cfg``, without
+    building the model (and before data-dependent fields are known)."""
+    from .. import models
+
+    r = RECIPES[recipe]
+    probe = (
+        {**model_cfg, **r.probe} if r.sized_by_data and r.sized_by_data(model_cfg) else model_cfg
+    )
+    c = models.config_for(r.model, **probe)
+    return int(c.sample_rate), int(c.segment_samples)
 
 
 _MYNA = {"optimizer": "adam", "lr": 3e-4, "weight_decay": 1e-5, "batch_size": 4096}
@@ -100,21 +132,26 @@ _MUSELQ = {
     "batch_size": 64,
 }
 
+_MYNA_DATA = {"sized_by_data": _sogclr_size_key, "probe": {"loss": "nt_xent"}}
+
 RECIPES: dict[str, Recipe] = {
     "myna-base": Recipe(
         "myna-base",
         "Myna, 16x16 patches, 90% token masking, NT-Xent on two crops (Adam 3e-4, wd 1e-5)",
         dict(_MYNA),
+        **_MYNA_DATA,
     ),
     "myna-vertical": Recipe(
         "myna-vertical",
         "Myna, 128x2 vertical patches, 90% token masking, NT-Xent (Adam 3e-4, wd 1e-5)",
         dict(_MYNA),
+        **_MYNA_DATA,
     ),
     "myna-hybrid": Recipe(
         "myna-hybrid",
         "Myna-Hybrid: one ViT, 16x16 and 128x2 patch embeddings, mean of the two losses",
         dict(_MYNA),
+        **_MYNA_DATA,
     ),
     "vit1d": Recipe(
         "vit1d",

@@ -17,3 +17,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _corpus_cache(tmp_path_factory):
+    """The synthetic default is rendered into a cached prepared corpus: keep that cache inside
+    the test session (subprocesses inherit it through the environment)."""
+    import os
+
+    old = os.environ.get("MUSE_FAST_CACHE")
+    os.environ["MUSE_FAST_CACHE"] = str(tmp_path_factory.mktemp("muse_fast_cache"))
+    yield
+    if old is None:
+        os.environ.pop("MUSE_FAST_CACHE", None)
+    else:
+        os.environ["MUSE_FAST_CACHE"] = old
