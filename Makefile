@@ -3,7 +3,7 @@ PYTEST_WORKERS ?= 2
 # Extra pytest arguments, e.g. PYTEST_ARGS="-p randomly" for a shuffled order.
 PYTEST_ARGS ?=
 
-.PHONY: install test test-shuffled sweep test-fast bench bench-quick lint format results clean
+.PHONY: install test test-shuffled sweep known-good test-fast bench bench-quick lint format results clean
 
 install:
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -20,6 +20,10 @@ test-shuffled:
 # N fresh seeds in a row (default 5); failing seeds' logs stay in runs/seed_sweep/.
 sweep:
 	bash scripts/seed_sweep.sh $(or $(N),5)
+
+# After a passing `bash .ci/run`: its venv's versions become CI's known-good constraints.
+known-good:
+	$(PYTHON) .ci/deps.py record .ci-venv/passed-freeze.txt .ci/known-good.txt
 
 bench:
 	$(PYTHON) -m pytest benchmarks --benchmark -q -p no:randomly
