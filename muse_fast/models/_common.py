@@ -1,5 +1,6 @@
-"""Pieces shared by the encoders: the SimpleViT transformer, sin-cos positional embeddings,
-input checks, the ``use_fused`` switch and the embedding/pooling plumbing.
+"""Pieces shared by the encoders: input checks, the ``use_fused`` switch, the float32
+``spectrogram`` and the embedding/pooling plumbing (the SimpleViT encoder is
+:mod:`muse_fast.nn.vit`).
 
 Layer numbering, used by every model's ``embed(..., layer=k)``: ``k`` in ``[0, depth)`` is the
 output of block ``k`` (0-based, negative counts from the end, Python style). The last block's
@@ -10,116 +11,25 @@ embedding pools.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import fields, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._backend import backend
+from ..nn.blocks import run_blocks
+from ..nn.vit import ViTBlock, ViTEncoder, posemb_sincos_2d
+
+__all__ = ["EncoderModel", "Transformer", "TransformerBlock", "posemb_sincos_2d", "run_blocks"]
 
 Layer = int | str | None
 
 
-# --------------------------------------------------------------------------- positional embedding
-def posemb_sincos_2d(
-    h: int, w: int, dim: int, temperature: float = 10000.0, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Fixed 2-D sin-cos positional embedding of an ``h × w`` token grid: (h·w, dim).
-
-    Row-major over the grid (token ``i·w + j`` sits at row ``i``, column ``j``), features
-    ``[sin(x·ω), cos(x·ω), sin(y·ω), cos(y·ω)]`` with ``ω_k = temperature^(-k / (dim/4 - 1))`` —
-    the layout of SimpleViT (lucidrains/vit-pytorch), which Myna uses.
-    """
-    if dim % 4 != 0:
-        raise ValueError(f"dim: the sin-cos embedding needs a multiple of 4, got {dim}")
-    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    quarter = dim // 4
-    omega = torch.arange(quarter, dtype=torch.float64) / max(quarter - 1, 1)
-    omega = 1.0 / (temperature**omega)
-    y = y.flatten()[:, None].double() * omega[None, :]
-    x = x.flatten()[:, None].double() * omega[None, :]
-    pe = torch.cat((x.sin(), x.cos(), y.sin(), y.cos()), dim=1)
-    return pe.to(dtype)
-
-
-# --------------------------------------------------------------------------- SimpleViT transformer
-class Attention(nn.Module):
-    """Pre-norm multi-head self-attention without biases (SimpleViT), through SDPA."""
-
-    def __init__(self, dim: int, heads: int, dim_head: int) -> None:
-        super().__init__()
-        inner = heads * dim_head
-        self.heads = heads
-        self.norm = nn.LayerNorm(dim)
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        qkv = self.to_qkv(self.norm(x))  # (B, N, 3·H·Dh)
-        q, k, v = qkv.view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # 3 × (B, H, N, Dh)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, Dh)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
-
-
-class FeedForward(nn.Module):
-    """Pre-norm MLP: LN → Linear → GELU → Linear."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int) -> None:
-        super().__init__()
-        self.attn = Attention(dim, heads, dim_head)
-        self.ff = FeedForward(dim, mlp_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(x)
-        return x + self.ff(x)
-
-
-class Transformer(nn.Module):
-    """SimpleViT's encoder: ``depth`` pre-norm blocks and a final LayerNorm."""
-
-    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            TransformerBlock(dim, heads, dim_head, mlp_dim) for _ in range(depth)
-        )
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor, layers: Sequence[int] | None = None):
-        return run_blocks(self.layers, self.norm, x, layers)
-
-
-def run_blocks(
-    blocks: nn.ModuleList, norm: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = None
-) -> Any:
-    """``norm(blocks(x))`` (B, N, D); with ``layers`` also the outputs of those blocks (the last
-    block's after the final norm), as a list in the order asked: ``(out, [per-layer])``."""
-    keep: dict[int, torch.Tensor] = {}
-    want = set(layers or ())
-    last = len(blocks) - 1
-    for i, block in enumerate(blocks):
-        x = block(x)
-        if i in want and i != last:
-            keep[i] = x
-    x = norm(x)
-    if layers is None:
-        return x
-    keep[last] = x
-    return x, [keep[i] for i in layers]
+# The SimpleViT encoder lives in muse_fast.nn.vit; these names stay for the models' imports.
+Transformer = ViTEncoder
+TransformerBlock = ViTBlock
 
 
 # --------------------------------------------------------------------------- checks
@@ -212,6 +122,13 @@ class EncoderModel(nn.Module):
         else:
             with backend("reference"):
                 yield
+
+    def spectrogram(self, audio: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        """(N, samples) → the model's mel (``self.mel``) in float32 (autocast off: the dB / log
+        of a half-precision power spectrum loses the quiet bands), cropped to ``frames``."""
+        with torch.autocast(audio.device.type, enabled=False):
+            spec = self.mel(audio.float())
+        return spec if frames is None else spec[..., :frames].contiguous()
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

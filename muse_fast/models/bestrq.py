@@ -37,7 +37,6 @@ from torch import nn
 
 from .. import nn as mnn
 from .. import ops
-from ..nn import blocks
 from . import _common as C
 
 __all__ = ["BESTRQ_SIZES", "BestRQ", "BestRQConfig", "Conv2dSubsampling", "Res2d"]
@@ -45,6 +44,20 @@ __all__ = ["BESTRQ_SIZES", "BestRQ", "BestRQConfig", "Conv2dSubsampling", "Res2d
 BESTRQ_SIZES: dict[str, dict[str, Any]] = {
     "small": dict(dim=768, depth=4, heads=16, ffn_dim=4096, cgmlp_dim=4096, conv_dim=512),
     "large": dict(dim=1024, depth=12, heads=16, ffn_dim=4096, cgmlp_dim=4096, conv_dim=512),
+    # MusicFM25Hz as published (minzwon/musicfm): HF Wav2Vec2Conformer blocks (rotary on the
+    # attention input, BatchNorm and bias-free convs in the conv module), 4096 codes
+    "musicfm": dict(
+        dim=1024,
+        depth=12,
+        heads=16,
+        ffn_dim=4096,
+        cgmlp_dim=4096,
+        conv_dim=512,
+        codebook_size=4096,
+        rotary="input",
+        conv_norm="batch",
+        conv_bias=False,
+    ),
     # CPU tests / demos: a 1024-word codebook keeps the output layer from dominating
     "tiny": dict(
         dim=64,
@@ -60,7 +73,7 @@ BESTRQ_SIZES: dict[str, dict[str, Any]] = {
 }
 _SIZE_ALIASES = {"base": "small"}
 
-HOP = 240  # musicfm preset hop (100 Hz at 24 kHz)
+HOP = 240  # default hop of the ``musicfm`` mel (100 Hz at 24 kHz); the model reads its config's
 STACK = 4  # frames per token (25 Hz)
 
 
@@ -91,6 +104,11 @@ class BestRQConfig:
     mel_mean: float = 6.768444971712967  # MusicFM fma_stats.json
     mel_std: float = 18.417922652295623
     use_fused: bool = True
+    rotary: str = "qk"  # attention positions: "qk" (after the projections) | "input" (HF) | "none"
+    conv_norm: str = "layer"  # Conformer conv module norm: "layer" | "batch" (HF / MusicFM)
+    conv_bias: bool = True  # Conformer conv module biases (HF / MusicFM: False)
+    hop_length: int = HOP  # mel geometry (``musicfm`` preset), passed to the model's mel
+    n_fft: int = 2048
 
     def __post_init__(self) -> None:
         if self.encoder not in ("conformer", "branchformer"):
@@ -105,7 +123,11 @@ class BestRQConfig:
             )
         if not 0.0 <= self.mask_prob <= 1.0:
             raise ValueError(f"mask_prob: expected a float in [0, 1], got {self.mask_prob}")
-        token = HOP * STACK
+        if self.rotary not in ("qk", "input", "none"):
+            raise ValueError(f"rotary: expected 'qk', 'input' or 'none', got {self.rotary!r}")
+        if self.conv_norm not in ("layer", "batch"):
+            raise ValueError(f"conv_norm: expected 'layer' or 'batch', got {self.conv_norm!r}")
+        token = self.token_samples
         if self.segment_samples % token:
             raise ValueError(
                 f"segment_samples: expected a multiple of {token} samples (one 25 Hz token), "
@@ -120,12 +142,17 @@ class BestRQConfig:
             raise ValueError(f"n_mels: the front end halves it twice, got {self.n_mels}")
 
     @property
+    def token_samples(self) -> int:
+        """Audio samples per 25 Hz token: ``hop_length · 4``."""
+        return self.hop_length * STACK
+
+    @property
     def span_samples(self) -> int:
         return round(self.sample_rate * self.mask_span_s)
 
     @property
     def span_tokens(self) -> int:
-        return self.span_samples // (HOP * STACK)
+        return self.span_samples // self.token_samples
 
 
 class Res2d(nn.Module):
@@ -170,23 +197,28 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: BestRQConfig) -> None:
         super().__init__()
+        mixer_kw = {"rotary": cfg.rotary} if cfg.mixer == "attention" else {}
         if cfg.encoder == "conformer":
-            make = lambda: blocks.ConformerBlock(  # noqa: E731
+            make = lambda: mnn.ConformerBlock(  # noqa: E731
                 cfg.dim,
                 cfg.heads,
                 cfg.ffn_dim,
                 kernel_size=cfg.kernel_size,
                 dropout=cfg.dropout,
                 mixer=cfg.mixer,
+                conv_norm=cfg.conv_norm,
+                conv_bias=cfg.conv_bias,
+                **mixer_kw,
             )
         else:
-            make = lambda: blocks.BranchformerBlock(  # noqa: E731
+            make = lambda: mnn.BranchformerBlock(  # noqa: E731
                 cfg.dim,
                 cfg.heads,
                 cgmlp_dim=cfg.cgmlp_dim,
                 kernel_size=cfg.kernel_size,
                 dropout=cfg.dropout,
                 mixer=cfg.mixer,
+                **mixer_kw,
             )
         self.layers = nn.ModuleList(make() for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
@@ -205,9 +237,15 @@ class BestRQ(C.EncoderModel):
         self.config = cfg = config or BestRQConfig()
         self.sample_rate = cfg.sample_rate
         self.segment_samples = cfg.segment_samples
-        self.frame_hop = HOP * STACK  # 960 samples: 25 Hz tokens
+        self.frame_hop = cfg.token_samples  # 960 samples: 25 Hz tokens
         self.embed_dim = cfg.dim
-        self.mel = mnn.MelSpectrogram(preset="musicfm", n_mels=cfg.n_mels)
+        self.mel = mnn.MelSpectrogram(
+            preset="musicfm", n_mels=cfg.n_mels, hop_length=cfg.hop_length, n_fft=cfg.n_fft
+        )
+        # waveform span masking (no parameters); the token-level mask is drawn from its seed
+        self.span_masker = mnn.SpanMasker(
+            cfg.span_samples, cfg.mask_prob, noise_std=cfg.mask_noise_std
+        )
         self.register_buffer("mel_mean", torch.tensor(float(cfg.mel_mean)))
         self.register_buffer("mel_std", torch.tensor(float(cfg.mel_std)))
         self.quantizer = mnn.RandomProjectionQuantizer(
@@ -225,10 +263,8 @@ class BestRQ(C.EncoderModel):
 
     # ------------------------------------------------------------------ features
     def log_mel(self, audio: torch.Tensor) -> torch.Tensor:
-        """(B, samples) → dB mel (B, n_mels, samples // 240), float32, last frame dropped."""
-        with torch.autocast(audio.device.type, enabled=False):
-            mel = self.mel(audio.float())
-        return mel[..., :-1]
+        """(B, samples) → dB mel (B, n_mels, samples // hop), float32, last frame dropped."""
+        return self.spectrogram(audio)[..., :-1]
 
     def normalized_mel(self, audio: torch.Tensor) -> torch.Tensor:
         return (self.log_mel(audio) - self.mel_mean) / self.mel_std
@@ -257,28 +293,41 @@ class BestRQ(C.EncoderModel):
         self.mel_std.fill_(max(std, 1e-5))
 
     @torch.no_grad()
-    def targets(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean audio (B, samples) → (tokens (B, T) int64, stacked normalized mel (B, T, 512))."""
-        mel = ops.stack_frames(self.normalized_mel(audio), STACK).transpose(1, 2)  # (B, T, 512)
+    def targets(
+        self, audio: torch.Tensor, normalized_mel: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean audio (B, samples) → (tokens (B, T) int64, stacked normalized mel (B, T, 512)).
+        ``normalized_mel``: :meth:`normalized_mel` of ``audio`` when the caller has it."""
+        if normalized_mel is None:
+            normalized_mel = self.normalized_mel(audio)
+        mel = ops.stack_frames(normalized_mel, STACK).transpose(1, 2)  # (B, T, F·4)
         return self.quantizer(mel), mel
 
     def _frontend(self, audio: torch.Tensor) -> torch.Tensor:
         return self.frontend(self.normalized_mel(audio))  # (B, T, D)
 
     # ------------------------------------------------------------------ pre-training
-    def _masks(self, batch: int, samples: int, tokens: int, device: torch.device):
-        """Sample-level and token-level masks naming the same 400 ms spans: one seed (a device
-        tensor drawn from the global RNG — no host sync, traceable) for both draws, and for the
-        noise, which Philox draws from a different counter stream."""
+    def _token_mask(self, batch: int, tokens: int, seed: torch.Tensor) -> torch.Tensor:
+        """The token-level mask of the spans that ``span_masker`` masks with ``seed``."""
         cfg = self.config
-        seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, device=device)
-        sample_mask = ops.span_mask(
-            batch, samples, cfg.span_samples, cfg.mask_prob, seed=seed, device=device
+        return ops.span_mask(
+            batch, tokens, cfg.span_tokens, cfg.mask_prob, seed=seed, device=seed.device
         )
-        token_mask = ops.span_mask(
-            batch, tokens, cfg.span_tokens, cfg.mask_prob, seed=seed, device=device
-        )
-        return sample_mask, token_mask, seed
+
+    def _masked_frontend(
+        self, audio: torch.Tensor, clean_mel: torch.Tensor, tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Front-end features of the masked input (B, T, D) and the token mask (B, T). One seed
+        (a device tensor from the global RNG: no host sync, traceable) names the spans at both
+        resolutions and seeds the noise, which Philox draws from other counters."""
+        cfg = self.config
+        seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, device=audio.device)
+        token_mask = self._token_mask(audio.shape[0], tokens, seed)
+        if cfg.mask_replacement == "noise":
+            masked, _ = self.span_masker(audio.float(), seed=seed, force=True)
+            return self._frontend(masked), token_mask
+        h = self.frontend(clean_mel)  # the clean mel of the targets, not recomputed
+        return ops.apply_span_mask(h, token_mask, mask_embedding=self.mask_embedding), token_mask
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Masked-token cross-entropy (+ MuseLQ's masked mel MSE); ``batch["audio"]``: (B,
@@ -300,19 +349,10 @@ class BestRQ(C.EncoderModel):
             audio = audio[:, 0]
         C.check_audio("batch['audio']", audio, ndim=2, min_samples=cfg.segment_samples)
         audio = audio[:, : cfg.segment_samples]
-        b, s = audio.shape
         with self._backend():
-            tokens, mel = self.targets(audio)  # (B, T), (B, T, 512)
-            t = tokens.shape[1]
-            sample_mask, token_mask, seed = self._masks(b, s, t, audio.device)
-            if cfg.mask_replacement == "noise":
-                masked = ops.apply_span_mask(
-                    audio.float(), sample_mask, noise_std=cfg.mask_noise_std, seed=seed
-                )
-                h = self._frontend(masked)
-            else:
-                h = self._frontend(audio)
-                h = ops.apply_span_mask(h, token_mask, mask_embedding=self.mask_embedding)
+            clean = self.normalized_mel(audio)  # (B, F, frames), computed once
+            tokens, mel = self.targets(audio, clean)  # (B, T), (B, T, F·4)
+            h, token_mask = self._masked_frontend(audio, clean, tokens.shape[1])
             h = self.encoder(h)  # (B, T, D)
             weight = token_mask.to(torch.float32)  # 1 at masked tokens
             n_masked = weight.sum().clamp(min=1.0)
@@ -334,7 +374,7 @@ class BestRQ(C.EncoderModel):
     # ------------------------------------------------------------------ embeddings
     def _hidden(self, audio, layer, sample_rate):
         C.check_sample_rate(sample_rate, self.sample_rate)
-        C.check_audio("audio", audio, ndim=2, min_samples=2 * HOP * STACK)
+        C.check_audio("audio", audio, ndim=2, min_samples=2 * self.config.token_samples)
         layers, as_list = C.resolve_layers(layer, self.config.depth)
         with self._backend():
             _, outs = self.encoder(self._frontend(audio), layers)

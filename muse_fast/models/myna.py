@@ -77,6 +77,9 @@ class MynaConfig:
     sogclr_gamma: float = 0.9
     dataset_size: int | None = None  # required by "sogclr"
     use_fused: bool = True
+    hop_length: int = 512  # mel geometry (``myna`` preset), passed to the model's mel
+    n_fft: int = 2048
+    log_mel: bool = True  # log1p of the mel (Myna's --log_mel); False: the power mel itself
 
     def __post_init__(self) -> None:
         if self.patch not in PATCHES:
@@ -95,7 +98,7 @@ class MynaConfig:
                     f"n_frames: a {self.n_mels} × {self.n_frames} mel does not split into "
                     f"{ph} × {pw} patches"
                 )
-        frames = 1 + self.segment_samples // 512
+        frames = 1 + self.segment_samples // self.hop_length
         if frames < self.n_frames:
             raise ValueError(
                 f"segment_samples: {self.segment_samples} samples give {frames} mel frames, "
@@ -162,7 +165,13 @@ class Myna(C.EncoderModel):
         )
         self.transformer = C.Transformer(cfg.dim, cfg.depth, cfg.heads, cfg.dim_head, cfg.mlp_dim)
         self.linear_head = nn.Linear(cfg.dim, cfg.proj_dim)
-        self.mel = mnn.MelSpectrogram(preset="myna", n_mels=cfg.n_mels)
+        self.mel = mnn.MelSpectrogram(
+            preset="myna",
+            n_mels=cfg.n_mels,
+            hop_length=cfg.hop_length,
+            n_fft=cfg.n_fft,
+            **({} if cfg.log_mel else {"log": None}),
+        )
         if cfg.loss == "nt_xent":
             self.criterion: nn.Module = mnn.NTXentLoss(temperature=cfg.temperature)
         else:
@@ -170,7 +179,7 @@ class Myna(C.EncoderModel):
                 cfg.dataset_size, temperature=cfg.temperature, gamma=cfg.sogclr_gamma
             )
         # audio samples per embed_frames step (the time stride of the finest patch)
-        self.frame_hop = 512 * min(pw for _, pw in cfg.patch_sizes)
+        self.frame_hop = self.mel.hop_length * min(pw for _, pw in cfg.patch_sizes)
         self.embed_dim = cfg.dim * len(cfg.patch_sizes)
         self._frame_multiple = lcm(*(pw for _, pw in cfg.patch_sizes))
 
@@ -178,15 +187,14 @@ class Myna(C.EncoderModel):
     def spectrogram(self, audio: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         """(N, samples) → log-mel (N, n_mels, frames) in float32, cropped to ``frames`` (default:
         the largest multiple of every patch width)."""
-        with torch.autocast(audio.device.type, enabled=False):
-            spec = self.mel(audio.float())
+        spec = super().spectrogram(audio)
         if frames is None:
             frames = spec.shape[-1] // self._frame_multiple * self._frame_multiple
         return spec[..., :frames].contiguous()
 
     def _min_samples(self) -> int:
         # one patch width of frames, and more than n_fft // 2 samples for the reflect padding
-        return max(512 * (self._frame_multiple - 1), 1025)
+        return max(self.mel.hop_length * (self._frame_multiple - 1), self.mel.n_fft // 2 + 1)
 
     # ------------------------------------------------------------------ encoder
     def _encode(
@@ -261,7 +269,7 @@ class Myna(C.EncoderModel):
                 # (B, gh·gw, D) → mean over frequency rows → (B, gw, D)
                 outs = [o.view(n, gh, gw, -1).mean(dim=1) for o in outs]
                 per_embed.append(outs)
-            steps = frames * 512 // self.frame_hop
+            steps = frames * self.mel.hop_length // self.frame_hop
             result = []
             for k in range(len(layers)):
                 parts = [p[k].repeat_interleave(steps // p[k].shape[1], dim=1) for p in per_embed]

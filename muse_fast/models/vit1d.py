@@ -48,13 +48,15 @@ class ViT1DConfig:
     temperature: float = 0.1
     pooling: str = "cls"  # default embedding: "cls" | "mean" (all tokens)
     use_fused: bool = True
+    hop_length: int = 512  # mel geometry (``myna`` preset), passed to the model's mel
+    n_fft: int = 2048
 
     def __post_init__(self) -> None:
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"pooling: expected 'cls' or 'mean', got {self.pooling!r}")
         if self.dim % 4:
             raise ValueError(f"dim: the sin-cos embedding needs a multiple of 4, got {self.dim}")
-        frames = 1 + self.segment_samples // 512
+        frames = 1 + self.segment_samples // self.hop_length
         if frames < self.n_frames:
             raise ValueError(
                 f"segment_samples: {self.segment_samples} samples give {frames} mel frames, "
@@ -72,21 +74,18 @@ class ViT1D(C.EncoderModel):
         self.config = cfg = config or ViT1DConfig()
         self.sample_rate = cfg.sample_rate
         self.segment_samples = cfg.segment_samples
-        self.frame_hop = 512
+        self.mel = mnn.MelSpectrogram(
+            preset="myna", n_mels=cfg.n_mels, hop_length=cfg.hop_length, n_fft=cfg.n_fft
+        )
+        self.frame_hop = self.mel.hop_length
         self.embed_dim = cfg.dim
         self.to_patch = nn.Conv1d(cfg.n_mels, cfg.dim, kernel_size=1)  # 128 × 1 patches
         self.cls_token = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         self.transformer = C.Transformer(cfg.dim, cfg.depth, cfg.heads, cfg.dim_head, cfg.mlp_dim)
-        self.mel = mnn.MelSpectrogram(preset="myna", n_mels=cfg.n_mels)
         self.criterion = mnn.NTXentLoss(temperature=cfg.temperature)
         self.register_buffer(
             "pos", C.posemb_sincos_2d(1, cfg.n_frames + 1, cfg.dim), persistent=False
         )
-
-    def spectrogram(self, audio: torch.Tensor, frames: int | None = None) -> torch.Tensor:
-        with torch.autocast(audio.device.type, enabled=False):
-            spec = self.mel(audio.float())
-        return spec if frames is None else spec[..., :frames].contiguous()
 
     def _encode(self, spec: torch.Tensor, layers: list[int] | None = None) -> Any:
         """spec (B, n_mels, T) → tokens (B, 1 + T, D), class token first."""
@@ -110,7 +109,8 @@ class ViT1D(C.EncoderModel):
 
     def _hidden(self, audio, layer, sample_rate):
         C.check_sample_rate(sample_rate, self.sample_rate)
-        C.check_audio("audio", audio, ndim=2, min_samples=1025)  # > n_fft // 2 (reflect pad)
+        # more than n_fft // 2 samples for the reflect padding
+        C.check_audio("audio", audio, ndim=2, min_samples=self.mel.n_fft // 2 + 1)
         layers, as_list = C.resolve_layers(layer, self.config.depth)
         with self._backend():
             _, outs = self._encode(self.spectrogram(audio), layers)
@@ -136,7 +136,7 @@ class ViT1D(C.EncoderModel):
     def embed_frames(
         self, audio: torch.Tensor, layer: C.Layer = None, *, sample_rate: int | None = None
     ) -> torch.Tensor | list[torch.Tensor]:
-        """Sequence tokens (B, T, D), one per mel frame (hop 512 samples = 32 ms)."""
+        """Sequence tokens (B, T, D), one per mel frame (``frame_hop`` samples, 32 ms by default)."""
         outs, as_list = self._hidden(audio, layer, sample_rate)
         seq = [o[:, 1:] for o in outs]
         return seq if as_list else seq[0]

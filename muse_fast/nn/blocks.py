@@ -11,6 +11,9 @@ leaves at padded frames are not meaningful.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +29,10 @@ __all__ = [
     "FeedForward",
     "MultiHeadSelfAttention",
     "apply_rotary",
+    "run_blocks",
 ]
+
+_ROTARY = ("qk", "input", "none")
 
 
 def _check_input(x: object, mask: object, d_model: int) -> None:
@@ -47,6 +53,35 @@ def _check_dropout(p: object) -> float:
 
 def _zero_padded(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
+def _rename_legacy(state_dict: dict, prefix: str, renames: dict[str, str]) -> None:
+    """Checkpoints written before a submodule was renamed: move ``prefix+old`` keys to
+    ``prefix+new`` in place (only when no key already uses the new name)."""
+    for old, new in renames.items():
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            target = prefix + new + key[len(prefix + old) :]
+            if target not in state_dict:
+                state_dict[target] = state_dict.pop(key)
+
+
+def run_blocks(
+    blocks: nn.ModuleList, norm: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = None
+) -> Any:
+    """``norm(blocks(x))`` (B, N, D); with ``layers`` also the outputs of those blocks (the last
+    block's after the final norm), as a list in the order asked: ``(out, [per-layer])``."""
+    keep: dict[int, torch.Tensor] = {}
+    want = set(layers or ())
+    last = len(blocks) - 1
+    for i, block in enumerate(blocks):
+        x = block(x)
+        if i in want and i != last:
+            keep[i] = x
+    x = norm(x)
+    if layers is None:
+        return x
+    keep[last] = x
+    return x, [keep[i] for i in layers]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,36 +112,97 @@ def apply_rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention``, rotary positions.
+    """Multi-head self-attention through ``F.scaled_dot_product_attention`` — the one attention
+    of the package (Conformer / Branchformer mixer and the SimpleViT encoder).
 
     ``forward(x (B, T, D), mask=None) -> (B, T, D)``: padded frames are masked as keys and their
     outputs are 0; a row with no valid frame outputs 0 (no NaN).
+
+    Options:
+      * ``rotary``: ``True`` / ``"qk"`` rotates q and k after their projection (RoFormer);
+        ``"input"`` rotates the input, viewed as ``nhead`` heads, before the q / k projections
+        and leaves v unrotated (HF ``Wav2Vec2ConformerSelfAttention``, MusicFM / MuQ);
+        ``False`` / ``"none"``: no positions.
+      * ``dim_head``: per-head width (default ``d_model // nhead``); the inner width
+        ``nhead · dim_head`` may differ from ``d_model`` (SimpleViT).
+      * ``bias``: biases on the projections (SimpleViT has none).
+      * ``norm``: a pre-LayerNorm inside the module (SimpleViT's layout), else none.
     """
 
-    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, rotary: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dropout: float = 0.0,
+        rotary: bool | str = True,
+        *,
+        dim_head: int | None = None,
+        bias: bool = True,
+        norm: bool = False,
+    ):
         super().__init__()
         d_model = check_int("d_model", d_model, min=1)
         nhead = check_int("nhead", nhead, min=1)
-        if d_model % nhead:
-            raise ValueError(f"d_model: {d_model} is not divisible by nhead={nhead}")
-        if rotary and (d_model // nhead) % 2:
-            raise ValueError(f"nhead: rotary needs an even head dim, got {d_model // nhead}")
-        self.d_model, self.nhead, self.rotary = d_model, nhead, bool(rotary)
+        if dim_head is None:
+            if d_model % nhead:
+                raise ValueError(f"d_model: {d_model} is not divisible by nhead={nhead}")
+            dim_head = d_model // nhead
+        dim_head = check_int("dim_head", dim_head, min=1)
+        if rotary is True:
+            rotary = "qk"
+        elif rotary is False or rotary is None:
+            rotary = "none"
+        check_choice("rotary", rotary, _ROTARY)
+        if rotary != "none" and dim_head % 2:
+            raise ValueError(f"nhead: rotary needs an even head dim, got {dim_head}")
+        if rotary == "input" and nhead * dim_head != d_model:
+            raise ValueError(
+                f"dim_head: rotary='input' rotates the input as heads, so nhead·dim_head must be "
+                f"d_model={d_model}, got {nhead}·{dim_head}"
+            )
+        self.d_model, self.nhead, self.dim_head, self.rotary = d_model, nhead, dim_head, rotary
         self.dropout = _check_dropout(dropout)
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        inner = nhead * dim_head
+        self.norm = nn.LayerNorm(d_model) if norm else None
+        self.qkv = nn.Linear(d_model, 3 * inner, bias=bias)
+        self.out_proj = nn.Linear(inner, d_model, bias=bias)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, nhead={self.nhead}, rotary={self.rotary}"
+        return (
+            f"d_model={self.d_model}, nhead={self.nhead}, dim_head={self.dim_head}, "
+            f"rotary={self.rotary!r}"
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # muse_fast < 0.2 SimpleViT attention named its projections to_qkv / to_out
+        _rename_legacy(state_dict, prefix, {"to_qkv.": "qkv.", "to_out.": "out_proj."})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) → (3, B, H, T, Dh)."""
+        B, T, _ = x.shape
+        H, Dh = self.nhead, self.dim_head
+        if self.rotary == "input":
+            # q, k from the rotated input, v from the input: one matmul for q and k
+            xr = apply_rotary(x.view(B, T, H, Dh).transpose(1, 2))  # (B, H, T, Dh)
+            xr = xr.transpose(1, 2).reshape(B, T, H * Dh)
+            w, b = self.qkv.weight, self.qkv.bias
+            inner = H * Dh
+            qk = F.linear(xr, w[: 2 * inner], None if b is None else b[: 2 * inner])
+            v = F.linear(x, w[2 * inner :], None if b is None else b[2 * inner :])
+            qkv = torch.cat([qk, v], dim=-1)  # (B, T, 3·H·Dh)
+            return qkv.view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)  # (3, B, H, T, Dh)
+        if self.rotary == "qk":
+            q, k, v = qkv.unbind(0)
+            return torch.stack([apply_rotary(q), apply_rotary(k), v])
+        return qkv
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        _check_input(x, mask, self.d_model)
-        B, T, D = x.shape
-        H = self.nhead
-        qkv = self.qkv(x).reshape(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
-        q, k, v = qkv.unbind(0)
-        if self.rotary:
-            q, k = apply_rotary(q), apply_rotary(k)
+        B, T, _ = x.shape
+        if self.norm is not None:
+            x = self.norm(x)
+        q, k, v = self._qkv(x).unbind(0)  # (B, H, T, Dh) each
         attn_mask = None
         if mask is not None:
             # rows with no valid key attend everywhere (finite garbage, zeroed below) not NaN
@@ -115,7 +211,7 @@ class MultiHeadSelfAttention(nn.Module):
         o = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
-        o = self.out_proj(o.transpose(1, 2).reshape(B, T, D))
+        o = self.out_proj(o.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
         return _zero_padded(o, mask)
 
 
@@ -160,7 +256,6 @@ class ConvolutionalGatingMLP(nn.Module):
         self.drop = nn.Dropout(_check_dropout(dropout))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        _check_input(x, mask, self.d_model)
         h = F.gelu(self.channel_proj1(x))  # (B, T, C)
         a, g = h.chunk(2, dim=-1)  # (B, T, C/2) each
         g = _zero_padded(self.norm(g), mask)
@@ -172,48 +267,77 @@ class ConformerConvModule(nn.Module):
     """Conformer convolution module (Gulati et al.; SpeechBrain ``ConvolutionModule``).
 
     LayerNorm → pointwise (Linear d → 2d) → GLU → depthwise Conv1d (kernel ``kernel_size``) →
-    LayerNorm → Swish → pointwise (Linear d → d) → dropout. The normalisation after the depthwise
-    conv is a per-frame LayerNorm (as in SpeechBrain) rather than the paper's BatchNorm: batch
-    statistics would mix padded frames into valid ones. Padded frames are zeroed before the conv.
+    norm → Swish → pointwise (Linear d → d) → dropout. Padded frames are zeroed before the conv.
+
+    ``norm="layer"`` (default): a per-frame LayerNorm after the depthwise conv (SpeechBrain),
+    which never mixes frames; ``norm="batch"``: BatchNorm1d over (batch, time) as in the paper
+    and HF ``Wav2Vec2ConformerConvolutionModule`` (MusicFM / MuQ) — its batch statistics include
+    padded frames, so use it with unpadded batches. ``bias=False`` drops the pointwise and
+    depthwise biases (HF's layout).
     """
 
-    def __init__(self, d_model: int, kernel_size: int = 31, dropout: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        kernel_size: int = 31,
+        dropout: float = 0.0,
+        *,
+        norm: str = "layer",
+        bias: bool = True,
+    ):
         super().__init__()
         d_model = check_int("d_model", d_model, min=1)
         k = _check_kernel(kernel_size)
-        self.d_model, self.kernel_size = d_model, k
+        check_choice("norm", norm, ("layer", "batch"))
+        self.d_model, self.kernel_size, self.norm_type = d_model, k, norm
         self.norm_in = nn.LayerNorm(d_model)
-        self.pointwise1 = nn.Linear(d_model, 2 * d_model)
-        self.depthwise = nn.Conv1d(d_model, d_model, k, padding=k // 2, groups=d_model)
-        self.norm_conv = nn.LayerNorm(d_model)
-        self.pointwise2 = nn.Linear(d_model, d_model)
+        self.pointwise1 = nn.Linear(d_model, 2 * d_model, bias=bias)
+        self.depthwise = nn.Conv1d(d_model, d_model, k, padding=k // 2, groups=d_model, bias=bias)
+        self.norm_conv = nn.LayerNorm(d_model) if norm == "layer" else nn.BatchNorm1d(d_model)
+        self.pointwise2 = nn.Linear(d_model, d_model, bias=bias)
         self.drop = nn.Dropout(_check_dropout(dropout))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        _check_input(x, mask, self.d_model)
         h = F.glu(self.pointwise1(self.norm_in(x)), dim=-1)  # (B, T, D)
         h = _zero_padded(h, mask)
-        h = self.depthwise(h.transpose(1, 2)).transpose(1, 2)
-        h = F.silu(self.norm_conv(h))
-        return self.drop(self.pointwise2(h))
+        h = self.depthwise(h.transpose(1, 2))  # (B, D, T)
+        if self.norm_type == "batch":
+            h = self.norm_conv(h).transpose(1, 2)
+        else:
+            h = self.norm_conv(h.transpose(1, 2))
+        return self.drop(self.pointwise2(F.silu(h)))
+
+
+_ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU}
 
 
 class FeedForward(nn.Module):
-    """Pre-norm feed-forward: LayerNorm → Linear(d → ffn_dim) → Swish → dropout → Linear → dropout."""
+    """Pre-norm feed-forward — the one MLP of the package: LayerNorm → Linear(d → ffn_dim) →
+    activation → dropout → Linear → dropout. ``activation="silu"`` (Swish: Conformer) or
+    ``"gelu"`` (SimpleViT / Myna)."""
 
-    def __init__(self, d_model: int, ffn_dim: int, dropout: float = 0.0):
+    def __init__(
+        self, d_model: int, ffn_dim: int, dropout: float = 0.0, *, activation: str = "silu"
+    ):
         super().__init__()
         d_model = check_int("d_model", d_model, min=1)
         ffn_dim = check_int("ffn_dim", ffn_dim, min=1)
+        check_choice("activation", activation, tuple(_ACTIVATIONS))
         p = _check_dropout(dropout)
         self.net = nn.Sequential(
             nn.LayerNorm(d_model),
             nn.Linear(d_model, ffn_dim),
-            nn.SiLU(),
+            _ACTIVATIONS[activation](),
             nn.Dropout(p),
             nn.Linear(ffn_dim, d_model),
             nn.Dropout(p),
         )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # muse_fast < 0.2 SimpleViT MLP had no dropout: its second Linear was net.3 (a Dropout,
+        # without parameters, now)
+        _rename_legacy(state_dict, prefix, {"net.3.": "net.4."})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -245,8 +369,12 @@ class ConformerBlock(nn.Module):
     ``mixer="attention"``: :class:`MultiHeadSelfAttention` (rotary, ``nhead`` heads);
     ``mixer="summary_mixing"``: :class:`~muse_fast.nn.SummaryMixing` with ``nhead`` passed on as
     its number of heads (as SpeechBrain does; SpeechBrain's SummaryMixing recipes use 1).
-    ``mixer_kwargs`` go to the mixer's constructor (e.g. ``mode="lite"``, ``rotary=False``);
-    the mixer's ``dropout`` defaults to the block's.
+    ``mixer_kwargs`` go to the mixer's constructor (e.g. ``mode="lite"``, ``rotary="input"``);
+    the mixer's ``dropout`` defaults to the block's. ``conv_norm`` / ``conv_bias``: the conv
+    module's ``norm`` / ``bias`` (``"batch"`` / ``False`` with ``rotary="input"`` is HF's
+    ``Wav2Vec2ConformerEncoderLayer``, MusicFM's block).
+
+    Inputs are checked here, at the block's entry, not again in its parts.
     """
 
     def __init__(
@@ -257,6 +385,9 @@ class ConformerBlock(nn.Module):
         kernel_size: int = 31,
         dropout: float = 0.0,
         mixer: str = "attention",
+        *,
+        conv_norm: str = "layer",
+        conv_bias: bool = True,
         **mixer_kwargs,
     ):
         super().__init__()
@@ -267,7 +398,7 @@ class ConformerBlock(nn.Module):
         self.norm_mixer = nn.LayerNorm(d_model)
         self.mixer = _make_mixer(mixer, d_model, nhead, p, mixer_kwargs)
         self.drop = nn.Dropout(p)
-        self.conv = ConformerConvModule(d_model, kernel_size, p)
+        self.conv = ConformerConvModule(d_model, kernel_size, p, norm=conv_norm, bias=conv_bias)
         self.ffn2 = FeedForward(d_model, ffn_dim, p)
         self.norm_out = nn.LayerNorm(d_model)
 

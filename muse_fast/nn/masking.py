@@ -48,8 +48,8 @@ class SpanMasker(nn.Module):
 
     ``SpanMasker(span, prob, noise_std=0.1)`` (MusicFM, on the waveform) or
     ``SpanMasker(span, prob, dim=D)`` (a learned ``mask_embedding`` of size D, x (B, T, D)).
-    ``forward(x, *, generator=None, seed=None) -> (x_masked, mask (B, T) bool)``; in eval mode
-    nothing is masked. Use the same ``seed`` with :func:`muse_fast.ops.span_mask` at another
+    ``forward(x, *, generator=None, seed=None, force=False) -> (x_masked, mask (B, T) bool)``; in
+    eval mode nothing is masked unless ``force`` (a model's validation loss masks in eval mode). Use the same ``seed`` with :func:`muse_fast.ops.span_mask` at another
     resolution to get the matching mask (e.g. the token-level targets of waveform masking).
     """
 
@@ -79,9 +79,10 @@ class SpanMasker(nn.Module):
         *,
         generator: torch.Generator | None = None,
         seed: int | torch.Tensor | None = None,
+        force: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         B, T = x.shape[0], x.shape[1]
-        if not self.training:
+        if not (self.training or force):
             return x, torch.zeros(B, T, dtype=torch.bool, device=x.device)
         mask = span_mask(
             B, T, self.span, self.prob, generator=generator, seed=seed, device=x.device

@@ -210,8 +210,11 @@ class SummaryMixing(nn.Module):
         )
 
 
-# The blocks import SummaryMixing from this module, so they are re-exported last.
-from .blocks import *  # noqa: E402, F403
-from .blocks import __all__ as _blocks_all  # noqa: E402
+def __getattr__(name: str):
+    # the blocks used to be re-exported here; they live in muse_fast.nn.blocks (which imports
+    # this module), so old imports resolve lazily instead of through an import cycle
+    from . import blocks
 
-__all__ += _blocks_all
+    if name in blocks.__all__:
+        return getattr(blocks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,11 +52,18 @@ def test_front_end_subsamples_by_four():
 
 def _capture_masks(model: BestRQ, batch) -> dict:
     seen: dict = {}
-    masks = model._masks
+    token_mask = model._token_mask
+    masker = model.span_masker.forward
     frontend = model._frontend
 
-    def spy_masks(*args):
-        seen["sample"], seen["token"], seen["seed"] = out = masks(*args)
+    def spy_token_mask(*args):
+        seen["token"] = out = token_mask(*args)
+        seen["seed"] = args[-1]
+        return out
+
+    def spy_masker(x, **kw):
+        out = masker(x, **kw)
+        seen["sample"] = out[1]
         return out
 
     def spy_frontend(audio):
@@ -64,11 +71,12 @@ def _capture_masks(model: BestRQ, batch) -> dict:
         out = frontend(audio)
         return out
 
-    model._masks, model._frontend = spy_masks, spy_frontend
+    model._token_mask, model._frontend = spy_token_mask, spy_frontend
+    model.span_masker.forward = spy_masker
     try:
         seen["terms"] = model.loss_terms(batch)
     finally:
-        del model._masks, model._frontend
+        del model._token_mask, model._frontend, model.span_masker.forward
     return seen
 
 
@@ -94,7 +102,8 @@ def test_span_masks_name_the_same_400ms_spans(conformer):
 
 def test_mask_probability(conformer):
     cfg = conformer.config
-    _, token, _ = conformer._masks(256, cfg.segment_samples, cfg.segment_samples // 960, "cpu")
+    seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)
+    token = conformer._token_mask(256, cfg.segment_samples // 960, seed)
     assert abs(token.float().mean().item() - 0.6) < 0.05
 
 
@@ -137,9 +146,13 @@ def test_no_masked_token_gives_zero_loss_not_nan():
 def test_learned_mask_embedding_replacement():
     model = M.create("muselq-branchformer", size="tiny", mask_replacement="embedding", mask_prob=1)
     batch = batch_for(model, 2)
+    mel_in = []
+    hook = model.frontend.register_forward_pre_hook(lambda mod, args: mel_in.append(args[0]))
     seen = _capture_masks(model, batch)
-    (audio_in,) = seen["frontend_in"]
-    torch.testing.assert_close(audio_in, batch["audio"])  # the audio stays clean
+    hook.remove()
+    assert "frontend_in" not in seen  # no mel of a masked waveform
+    (spec,) = mel_in  # the audio stays clean: the front end sees the targets' clean mel
+    torch.testing.assert_close(spec, model.normalized_mel(batch["audio"]))
     seen["terms"]["loss"].backward()
     assert model.mask_embedding.grad is not None and model.mask_embedding.grad.abs().sum() > 0
 
