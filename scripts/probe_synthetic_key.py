@@ -114,6 +114,40 @@ def pretrain(args) -> tuple[Path, dict]:
     return Path(args.out), {**summary, "reused": reused}
 
 
+def summarize(results: list[dict]) -> list[dict]:
+    """Mean ± std over probe seeds, per (features, probe)."""
+    summary = []
+    for i, row in enumerate(results[0]["rows"]):
+        test = [r["rows"][i]["test"]["weighted_score"] for r in results]
+        acc = [r["rows"][i]["test"]["accuracy"] for r in results]
+        valid = [r["rows"][i]["valid"]["weighted_score"] for r in results]
+        summary.append(
+            {
+                "features": row["features"],
+                "probe": row["probe"],
+                "dim": row["dim"],
+                "test_weighted_score": test,
+                "test_weighted_score_mean": statistics.mean(test),
+                "test_weighted_score_std": statistics.pstdev(test),
+                "test_accuracy_mean": statistics.mean(acc),
+                "valid_weighted_score_mean": statistics.mean(valid),
+            }
+        )
+    return summary
+
+
+def machine_info() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores_visible": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 1),
+        "loaded": "a shared machine: other jobs were running during pre-training and probing",
+    }
+
+
 def main() -> int:
     args = parse()
     if args.render:
@@ -159,36 +193,10 @@ def main() -> int:
         results.append(r)
     t_probe = time.perf_counter() - t0
 
-    # mean ± std over probe seeds, per (features, probe)
-    summary = []
-    for i, row in enumerate(results[0]["rows"]):
-        test = [r["rows"][i]["test"]["weighted_score"] for r in results]
-        acc = [r["rows"][i]["test"]["accuracy"] for r in results]
-        valid = [r["rows"][i]["valid"]["weighted_score"] for r in results]
-        summary.append(
-            {
-                "features": row["features"],
-                "probe": row["probe"],
-                "dim": row["dim"],
-                "test_weighted_score": test,
-                "test_weighted_score_mean": statistics.mean(test),
-                "test_weighted_score_std": statistics.pstdev(test),
-                "test_accuracy_mean": statistics.mean(acc),
-                "valid_weighted_score_mean": statistics.mean(valid),
-            }
-        )
+    summary = summarize(results)
     by = {(s["features"], s["probe"]): s["test_weighted_score_mean"] for s in summary}
     paired = {p: paired_difference(task, results, p) for p in ("linear", "mlp")}
     verdict = {p: by[("pretrained", p)] > by[("random-init", p)] for p in ("linear", "mlp")}
-    machine = {
-        "cpu": platform.processor() or platform.machine(),
-        "cores_visible": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "load_average_1min_at_end": round(os.getloadavg()[0], 1),
-        "loaded": "a shared machine: other jobs were running during pre-training and probing",
-    }
     record = {
         "pretraining": {
             "recipe": "myna-hybrid",
@@ -214,7 +222,7 @@ def main() -> int:
         "pretrained_beats_random_init": verdict,
         "paired_difference": paired,
         "probe_seconds": round(t_probe, 1),
-        "machine": machine,
+        "machine": machine_info(),
         "command": " ".join(["python", "scripts/probe_synthetic_key.py", *sys.argv[1:]]),
         "note": args.note,
         "runs": results,

@@ -133,6 +133,40 @@ def default_settings(task: Task) -> dict[str, ProbeSettings]:
     return {"linear": ProbeSettings.linear(**kw), "mlp": ProbeSettings.mlp(**kw)}
 
 
+def _fit_and_score(task: Task, kind: str, data, feats, settings, grid, seed: int) -> dict:
+    """Train one probe (hyper-parameters chosen on validation) and score it on valid and test."""
+    xtr, ytr, xva, yva = data
+    t1 = time.perf_counter()
+
+    def select(probe: Probe) -> float:
+        sc = score(task, task.splits["valid"], _predict(task, probe, feats["valid"]))
+        val = sc[PRIMARY[task.target]]
+        return -math.inf if not np.isfinite(val) else val
+
+    probe, rec = fit_probe(
+        xtr, ytr, xva, yva, output=task.output, n_outputs=task.n_outputs,
+        select=select, settings=settings, grid=grid, seed=seed,
+    )  # fmt: skip
+    valid = score(task, task.splits["valid"], _predict(task, probe, feats["valid"]))
+    th = valid.get("threshold") if task.target == "beat" else None
+    pred_test = _predict(task, probe, feats["test"])
+    test = score(task, task.splits["test"], pred_test, threshold=th)
+    row = {
+        "dim": int(xtr.shape[1]),
+        "probe": kind,
+        "lr": rec["lr"],
+        "weight_decay": rec["weight_decay"],
+        "epochs": rec["epochs"],
+        "valid": valid,
+        "test": test,
+        "grid": rec["grid"],
+        "seconds": time.perf_counter() - t1,
+    }
+    if task.output == "multiclass" and task.level == "global":
+        row["test_predictions"] = [int(np.argmax(p)) for p in pred_test]
+    return row
+
+
 def probe_task(
     task: Task,
     extractors: Sequence[FeatureExtractor],
@@ -170,41 +204,16 @@ def probe_task(
                 f"  {ex.name}: features {xtr.shape[1]}-d for {sum(len(v) for v in feats.values())} tracks ({t_feat:.1f} s)"
             )
         for kind in probes:
-            t1 = time.perf_counter()
-
-            def select(probe: Probe, _valid=feats["valid"]) -> float:
-                sc = score(task, task.splits["valid"], _predict(task, probe, _valid))
-                val = sc[PRIMARY[task.target]]
-                return -math.inf if not np.isfinite(val) else val
-
-            probe, rec = fit_probe(
-                xtr, ytr, xva, yva, output=task.output, n_outputs=task.n_outputs,
-                select=select, settings=sets[kind], grid=grid, seed=seed,
-            )  # fmt: skip
-            valid = score(task, task.splits["valid"], _predict(task, probe, feats["valid"]))
-            th = valid.get("threshold") if task.target == "beat" else None
-            pred_test = _predict(task, probe, feats["test"])
-            test = score(task, task.splits["test"], pred_test, threshold=th)
-            rows.append(
-                {
-                    "features": ex.name,
-                    "extractor": ex.id,
-                    "dim": int(xtr.shape[1]),
-                    "probe": kind,
-                    "lr": rec["lr"],
-                    "weight_decay": rec["weight_decay"],
-                    "epochs": rec["epochs"],
-                    "valid": valid,
-                    "test": test,
-                    "grid": rec["grid"],
-                    "seconds": round(time.perf_counter() - t1 + t_feat, 2),
-                }
-            )
-            if keep_predictions and task.output == "multiclass" and task.level == "global":
-                rows[-1]["test_predictions"] = [int(np.argmax(p)) for p in pred_test]
+            fit = _fit_and_score(task, kind, (xtr, ytr, xva, yva), feats, sets[kind], grid, seed)
+            row = {"features": ex.name, "extractor": ex.id, **fit}
+            row["seconds"] = round(row["seconds"] + t_feat, 2)
+            if not keep_predictions:
+                row.pop("test_predictions", None)
+            rows.append(row)
             if log:
+                primary = PRIMARY[task.target]
                 log(
-                    f"    {kind}: valid {PRIMARY[task.target]} {valid[PRIMARY[task.target]]:.3f}, test {test[PRIMARY[task.target]]:.3f}"
+                    f"    {kind}: valid {primary} {row['valid'][primary]:.3f}, test {row['test'][primary]:.3f}"
                 )
     return {
         "task": task.name,
