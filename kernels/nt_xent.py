@@ -13,7 +13,11 @@ Forward (:func:`contrastive_fwd`), per active row, over ``k ≠ i`` (and ``k ≠
 ``exclude_pos``): an online log-sum-exp ``lse_i = log Σ_k exp(β s_ik)``, the positive similarity
 ``s_{i,p(i)}`` picked out of its tile by a select, and optionally ``t_i = Σ_k softmax_ik s_ik``.
 The diagonal is excluded with ``tl.where`` (never by adding ``-inf``). Nothing of size ``M × M``
-is stored: the outputs are three vectors.
+is stored. When the row blocks alone would not fill the GPU (``TILES[...]["MIN_PROGRAMS"]``),
+the columns are split into ``S`` contiguous ranges: each program writes a partial
+``(lse, pos, t)`` of its range and the launcher merges them (``lse = logsumexp_s lse_s``,
+``t = Σ_s exp(lse_s − lse) t_s``, ``pos = Σ_s pos_s``). Traffic: ``z`` read once per row block
+(``M²D / BLOCK_M`` elements), ``3 S`` floats written per row.
 
 Backward (:func:`contrastive_bwd`). Both losses built on these statistics have a similarity
 gradient ``G_ik = α (exp(β s_ik − c_i) [k valid for i] − [i active] [k = p(i)])`` for per-row
@@ -21,17 +25,21 @@ offsets ``c`` (``+inf`` for inactive rows, so their terms vanish). As ``s`` is s
 ``dL/dẑ = (G + Gᵀ) ẑ``, and ``Gᵀ``'s entry at ``(i, k)`` is ``G_ki``, built from the *same*
 similarity ``s_ik`` and the column's offset ``c_k``. So one program per row block recomputes each
 tile ``s_IK`` once and accumulates ``(G_IK + G_KIᵀ) ẑ_K`` — the symmetry removes the transposed
-pass (or the atomics) that flash-attention's dK/dV needs, and every output row is written by
-exactly one program (deterministic). Tiles whose rows and columns are all inactive are skipped.
-A last small kernel backpropagates through the L2 normalization exactly:
+pass (or the atomics) that flash-attention's dK/dV needs. A row block with no active row visits
+only the column blocks holding active rows (the two ranges are the loop's bounds, not a branch
+inside it, so the loop software-pipelines). Columns are split as in the forward; each split
+writes its own fp32 partial ``dẑ`` (no atomics, deterministic) and the last small kernel sums
+them and backpropagates through the L2 normalization exactly:
 ``dz_i = rn_i (dẑ_i − ẑ_i ⟨ẑ_i, dẑ_i⟩)`` (the projection is dropped where ``‖z_i‖ < eps``, as in
-``F.normalize``).
+``F.normalize``). When ``D`` fits one block the column tile loaded for ``s`` is also the ``ẑ_K``
+operand of the second product. Traffic: ``z`` read once per row block, ``S·M·D`` fp32 partials
+written and read once.
 
 Precision: fp32 inputs use ``input_precision="tf32x3"`` (three TF32 tensor-core products, about
 fp32's accuracy — eager PyTorch's matmul does not use plain TF32 either); bf16 / fp16 use the
-tensor cores with fp32 accumulation. In the backward the coefficient
-tile is cast to the input dtype for the second ``tl.dot`` (as flash-attention does with P), after
-dividing by the tile's largest ``rn_k`` so tiny-norm rows cannot overflow fp16.
+tensor cores with fp32 accumulation. In the backward the coefficient tile is cast to the input
+dtype for the second ``tl.dot`` (as flash-attention does with P), after dividing by the tile's
+largest ``rn_k`` so tiny-norm rows cannot overflow fp16.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from muse_fast._runtime import empty, triton_interpret
+from ._utils import empty, launch, pow2, tile_config, workaround
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for running maxima and masked logits
 _INF = tl.constexpr(float("inf"))
@@ -67,8 +75,8 @@ def _row_rnorm_kernel(
 
 @triton.jit
 def _mm(a, b, PREC: tl.constexpr, DOT_F32: tl.constexpr):
-    """tl.dot with fp32 accumulation; DOT_F32 upcasts the operands first (the interpreter's
-    tl.dot mishandles bf16 / fp16 operands; products of 16-bit values are exact in fp32)."""
+    """tl.dot with fp32 accumulation; DOT_F32 upcasts the operands first (interpreter only,
+    workaround ``nt_xent.dot_f32``)."""
     if DOT_F32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
     return tl.dot(a, b, input_precision=PREC)
@@ -104,14 +112,15 @@ def _sim_tile(
 @triton.jit
 def _fwd_kernel(
     z_ptr, rn_ptr, lse_ptr, pos_ptr, t_ptr,
-    M, N, D, stride, row_start, row_count, beta,
+    M, N, D, stride, row_start, row_count, beta, blocks_per_split,
     NORMALIZE: tl.constexpr, EXCLUDE_POS: tl.constexpr, WITH_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ONE_D: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
 ):  # fmt: skip
     # compact index j over the active rows: view-1 rows first, then view-2 rows
+    R = 2 * row_count
     j = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    jmask = j < 2 * row_count
+    jmask = j < R
     rows = tl.where(j < row_count, row_start + j, N + row_start + j - row_count)
     rows = tl.where(jmask, rows, 0)
     prow = tl.where(rows < N, rows + N, rows - N)
@@ -128,7 +137,10 @@ def _fwd_kernel(
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     t_i = tl.zeros((BLOCK_M,), tl.float32)
     pos_i = tl.zeros((BLOCK_M,), tl.float32)
-    for k0 in range(0, M, BLOCK_N):
+    split = tl.program_id(1)
+    k_lo = split * blocks_per_split * BLOCK_N
+    k_hi = tl.minimum(M, k_lo + blocks_per_split * BLOCK_N)
+    for k0 in range(k_lo, k_hi, BLOCK_N):
         cols = k0 + tl.arange(0, BLOCK_N)
         cmask = cols < M
         s = _sim_tile(
@@ -142,7 +154,7 @@ def _fwd_kernel(
         pos_i += tl.sum(tl.where(is_pos, s, 0.0), axis=1)
         valid = cmask[None, :] & (cols[None, :] != rows[:, None])
         if EXCLUDE_POS:
-            valid = valid & (cols[None, :] != prow[:, None])
+            valid = valid & (~is_pos)
         logit = tl.where(valid, s * beta, _NEG)  # masked before any exp: nothing overflows
         m_new = tl.maximum(m_i, tl.max(logit, axis=1))
         scale = tl.exp(m_i - m_new)
@@ -151,10 +163,33 @@ def _fwd_kernel(
         if WITH_T:
             t_i = t_i * scale + tl.sum(p * s, axis=1)
         m_i = m_new
-    tl.store(lse_ptr + j, m_i + tl.log(l_i), mask=jmask)
-    tl.store(pos_ptr + j, pos_i, mask=jmask)
+    # a split whose range holds no valid column of a row: lse -inf, t 0 (weight 0 in the merge)
+    out = split * R + j
+    tl.store(lse_ptr + out, m_i + tl.log(l_i), mask=jmask)
+    tl.store(pos_ptr + out, pos_i, mask=jmask)
     if WITH_T:
-        tl.store(t_ptr + j, t_i / l_i, mask=jmask)
+        tl.store(t_ptr + out, tl.where(l_i > 0, t_i / l_i, 0.0), mask=jmask)
+
+
+@triton.jit
+def _active_col_blocks(
+    r0, M, N, row_start, row_count, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """Column blocks a backward program visits, as two ranges ``[a_lo, a_lo + n_a)`` and
+    ``[b_lo, b_lo + n_b)``: every block when rows ``r0 .. r0 + BLOCK_M`` hold an active row, else
+    the blocks holding active rows (an inactive row's own terms vanish, c_i = +inf)."""
+    r1 = r0 + BLOCK_M
+    hi = row_start + row_count
+    row_any = ((r0 < hi) & (r1 > row_start)) | ((r0 < N + hi) & (r1 > N + row_start))
+    nkb = tl.cdiv(M, BLOCK_N)
+    a_lo = row_start // BLOCK_N
+    a_hi = tl.cdiv(hi, BLOCK_N)
+    b_lo = tl.maximum((N + row_start) // BLOCK_N, a_hi)  # the two ranges never overlap
+    b_hi = tl.maximum(tl.cdiv(N + hi, BLOCK_N), b_lo)
+    a_lo = tl.where(row_any, 0, a_lo)
+    n_a = tl.where(row_any, nkb, a_hi - a_lo)
+    n_b = tl.where(row_any, 0, b_hi - b_lo)
+    return a_lo, n_a, b_lo, n_b
 
 
 @triton.jit
@@ -165,11 +200,11 @@ def _bwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
     ONE_D: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    r0 = tl.program_id(0) * BLOCK_M
+    rows = r0 + tl.arange(0, BLOCK_M)
     rmask = rows < M
     rmod = tl.where(rows < N, rows, rows - N) - row_start
     ract = rmask & (rmod >= 0) & (rmod < row_count)
-    row_any = tl.max(ract.to(tl.int32), axis=0) > 0
     prow = tl.where(rows < N, rows + N, rows - N)
     roff = rows.to(tl.int64) * stride
     c_i = tl.load(c_ptr + rows, mask=rmask, other=_INF)
@@ -184,61 +219,72 @@ def _bwd_kernel(
     do = tl.program_id(1) * BLOCK_DO + tl.arange(0, BLOCK_DO)
     dmask = do < D
     acc = tl.zeros((BLOCK_M, BLOCK_DO), tl.float32)
-    for k0 in range(0, M, BLOCK_N):
-        cols = k0 + tl.arange(0, BLOCK_N)
+    a_lo, n_a, b_lo, n_b = _active_col_blocks(r0, M, N, row_start, row_count, BLOCK_M, BLOCK_N)
+    n_it = n_a + n_b
+    per_split = tl.cdiv(n_it, tl.num_programs(2))
+    it_lo = tl.program_id(2) * per_split
+    it_hi = tl.minimum(n_it, it_lo + per_split)
+    for it in range(it_lo, it_hi):
+        cols = tl.where(it < n_a, a_lo + it, b_lo + it - n_a) * BLOCK_N + tl.arange(0, BLOCK_N)
         cmask = cols < M
-        kmod = tl.where(cols < N, cols, cols - N) - row_start
-        kact = cmask & (kmod >= 0) & (kmod < row_count)
-        if row_any | (tl.max(kact.to(tl.int32), axis=0) > 0):
+        coff = cols.to(tl.int64) * stride
+        if ONE_D:  # the column tile is both s's operand and the ẑ_K of the second product
+            zk = tl.load(
+                z_ptr + coff[:, None] + do[None, :],
+                mask=cmask[:, None] & dmask[None, :],
+                other=0.0,
+            )
+            s = _mm(a, tl.trans(zk), PREC, DOT_F32)
+        else:
             s = _sim_tile(
                 z_ptr, stride, a, roff, rmask, cols, cmask, D,
                 BLOCK_M, BLOCK_N, BLOCK_D, ONE_D, PREC, DOT_F32,
             )  # fmt: skip
-            if NORMALIZE:
-                rn_k = tl.load(rn_ptr + cols, mask=cmask, other=0.0)
-                s = s * rn_i[:, None] * rn_k[None, :]
-            c_k = tl.load(c_ptr + cols, mask=cmask, other=_INF)
-            valid = cmask[None, :] & (cols[None, :] != rows[:, None])
-            is_pos = cols[None, :] == prow[:, None]
-            if EXCLUDE_POS:
-                valid = valid & (~is_pos)
-            # masked logits are _NEG before the exp, so exp(. - c) is 0 there (c > -inf)
-            logit = tl.where(valid, s * beta, _NEG)
-            w = tl.exp(logit - c_i[:, None]) + tl.exp(logit - c_k[None, :])
-            w = tl.where(is_pos & ract[:, None], w - 2.0, w)
             zk = tl.load(
-                z_ptr + cols.to(tl.int64)[:, None] * stride + do[None, :],
+                z_ptr + coff[:, None] + do[None, :],
                 mask=cmask[:, None] & dmask[None, :],
                 other=0.0,
             )
-            if NORMALIZE:
-                if SCALE_TILE:  # keep w·rn_k within fp16 range whatever the norms
-                    smax = tl.max(rn_k, axis=0)
-                    w = w * (rn_k / smax)[None, :]
-                    acc += smax * _mm(w.to(zk.dtype), zk, PREC, DOT_F32)
-                else:
-                    w = w * rn_k[None, :]
-                    acc += _mm(w.to(zk.dtype), zk, PREC, DOT_F32)
+        if NORMALIZE:
+            rn_k = tl.load(rn_ptr + cols, mask=cmask, other=0.0)
+            s = s * rn_i[:, None] * rn_k[None, :]
+        c_k = tl.load(c_ptr + cols, mask=cmask, other=_INF)
+        valid = cmask[None, :] & (cols[None, :] != rows[:, None])
+        is_pos = cols[None, :] == prow[:, None]
+        if EXCLUDE_POS:
+            valid = valid & (~is_pos)
+        # masked logits are _NEG before the exp, so exp(. - c) is 0 there (c > -inf)
+        logit = tl.where(valid, s * beta, _NEG)
+        w = tl.exp(logit - c_i[:, None]) + tl.exp(logit - c_k[None, :])
+        w = tl.where(is_pos & ract[:, None], w - 2.0, w)
+        if NORMALIZE:
+            if SCALE_TILE:  # keep w·rn_k within fp16 range whatever the norms
+                smax = tl.max(rn_k, axis=0)
+                w = w * (rn_k / smax)[None, :]
+                acc += smax * _mm(w.to(zk.dtype), zk, PREC, DOT_F32)
             else:
+                w = w * rn_k[None, :]
                 acc += _mm(w.to(zk.dtype), zk, PREC, DOT_F32)
+        else:
+            acc += _mm(w.to(zk.dtype), zk, PREC, DOT_F32)
     alpha = tl.load(alpha_ptr).to(tl.float32)
-    tl.store(
-        dzn_ptr + rows.to(tl.int64)[:, None] * D + do[None, :],
-        acc * alpha,
-        mask=rmask[:, None] & dmask[None, :],
-    )
+    out = tl.program_id(2).to(tl.int64) * M * D + rows.to(tl.int64)[:, None] * D + do[None, :]
+    tl.store(dzn_ptr + out, acc * alpha, mask=rmask[:, None] & dmask[None, :])
 
 
 @triton.jit
 def _norm_bwd_kernel(
-    z_ptr, rn_ptr, dzn_ptr, dz_ptr, M, D, stride, eps,
+    z_ptr, rn_ptr, dzn_ptr, dz_ptr, M, D, stride, eps, n_split,
     NORMALIZE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < M
     dc = tl.arange(0, BLOCK_D)
     m2 = rmask[:, None] & (dc[None, :] < D)
-    g = tl.load(dzn_ptr + rows.to(tl.int64)[:, None] * D + dc[None, :], mask=m2, other=0.0)
+    goff = rows.to(tl.int64)[:, None] * D + dc[None, :]
+    g = tl.zeros((BLOCK_R, BLOCK_D), tl.float32)
+    for sp in range(n_split):  # the column splits' partial dẑ, summed in a fixed order
+        g += tl.load(dzn_ptr + sp * M * D + goff, mask=m2, other=0.0)
     if NORMALIZE:
         x = tl.load(z_ptr + rows.to(tl.int64)[:, None] * stride + dc[None, :], mask=m2, other=0.0)
         x = x.to(tl.float32)
@@ -247,27 +293,15 @@ def _norm_bwd_kernel(
         zn = x * rn[:, None]
         proj = tl.where(norm >= eps, tl.sum(zn * g, axis=1), 0.0)
         g = rn[:, None] * (g - zn * proj[:, None])
-    tl.store(
-        dz_ptr + rows.to(tl.int64)[:, None] * D + dc[None, :],
-        g.to(dz_ptr.dtype.element_ty),
-        mask=m2,
-    )
+    tl.store(dz_ptr + goff, g.to(dz_ptr.dtype.element_ty), mask=m2)
 
 
 # ------------------------------------------------------------------------------------------
 # launchers
 # ------------------------------------------------------------------------------------------
-def _pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
-def _blocks(M: int, D: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_D). The interpreter wants few, large programs. On GPU fp32 tiles
-    take D in chunks of 64 (shared memory stays under ~80 KB with two stages)."""
-    if triton_interpret():
-        b = max(16, min(_pow2(M), 64))
-        return b, b, max(16, min(_pow2(D), 256))
-    return 64, 64, max(16, min(_pow2(D), 64 if dtype == torch.float32 else 128))
+# the interpreter's tl.dot mishandles bf16 / fp16 operands; products of 16-bit values are exact
+# in fp32, so upcasting first changes nothing but the speed
+_DOT_F32_WHY = "tl.dot mishandles bf16 / fp16 operands under the interpreter; upcast to fp32"
 
 
 def _prec(z: torch.Tensor) -> str:
@@ -276,13 +310,33 @@ def _prec(z: torch.Tensor) -> str:
     return "tf32x3" if z.dtype == torch.float32 else "ieee"
 
 
+def _tiles(kernel: str, z: torch.Tensor) -> tuple[dict[str, int], int, int, int]:
+    """(config, BLOCK_M, BLOCK_N, BLOCK_D) of ``kernel`` shrunk to ``z`` (M, D)."""
+    cfg = tile_config(kernel, z.device)
+    M, D = z.shape
+    bm = pow2(M, 16, cfg["BLOCK_M"])
+    bn = pow2(M, 16, cfg["BLOCK_N"])
+    return cfg, bm, bn, pow2(D, 16, cfg["BLOCK_D"])
+
+
+def _n_split(programs: int, col_blocks: int, min_programs: int) -> int:
+    """Column splits that bring ``programs`` up to ``min_programs`` (at most one per block)."""
+    if programs >= min_programs:
+        return 1
+    return max(1, min(col_blocks, triton.cdiv(min_programs, programs)))
+
+
 def row_rnorm(z: torch.Tensor, eps: float) -> torch.Tensor:
     """``1 / max(‖z_i‖, eps)`` per row, fp32, shape (M,)."""
     M, D = z.shape
+    cfg = tile_config("nt_xent.row_rnorm", z.device)
     rn = empty(M, dtype=torch.float32, device=z.device)
-    br = 16
-    bd = max(16, min(_pow2(D), 1024))
-    _row_rnorm_kernel[(triton.cdiv(M, br),)](z, rn, M, D, z.stride(0), eps, BLOCK_R=br, BLOCK_D=bd)
+    br = pow2(M, 1, cfg["BLOCK_R"])
+    launch(
+        _row_rnorm_kernel, (triton.cdiv(M, br),), z, rn, M, D, z.stride(0), eps,
+        BLOCK_R=br, BLOCK_D=pow2(D, 16, cfg["BLOCK_D"]),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
     return rn
 
 
@@ -298,19 +352,29 @@ def contrastive_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per active row (view-1 rows then view-2 rows): ``(lse, pos, t)``, fp32, shape (2·row_count,)."""
     M, D = z.shape
-    bm, bn, bd = _blocks(M, D, z.dtype)
+    cfg, bm, bn, bd = _tiles("nt_xent.fwd", z)
     R = 2 * row_count
-    lse = empty(R, dtype=torch.float32, device=z.device)
-    pos = empty(R, dtype=torch.float32, device=z.device)
-    t = empty(R if with_t else 1, dtype=torch.float32, device=z.device)
-    _fwd_kernel[(triton.cdiv(R, bm),)](
+    row_blocks, col_blocks = triton.cdiv(R, bm), triton.cdiv(M, bn)
+    split = _n_split(row_blocks, col_blocks, cfg["MIN_PROGRAMS"])
+    per_split = triton.cdiv(col_blocks, split)
+    split = triton.cdiv(col_blocks, per_split)  # no empty split
+    lse = empty(split, R, dtype=torch.float32, device=z.device)  # (S, R) partials
+    pos = empty(split, R, dtype=torch.float32, device=z.device)
+    t = empty(split, R if with_t else 1, dtype=torch.float32, device=z.device)
+    launch(
+        _fwd_kernel, (row_blocks, split),
         z, rn if rn is not None else lse, lse, pos, t,
-        M, n_pairs, D, z.stride(0), row_start, row_count, float(beta),
+        M, n_pairs, D, z.stride(0), row_start, row_count, float(beta), per_split,
         NORMALIZE=rn is not None, EXCLUDE_POS=bool(exclude_pos), WITH_T=bool(with_t),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, ONE_D=D <= bd, PREC=_prec(z), DOT_F32=triton_interpret(),
-        num_warps=4, num_stages=2,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, ONE_D=D <= bd, PREC=_prec(z),
+        DOT_F32=workaround("nt_xent.dot_f32", _DOT_F32_WHY),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    return lse, pos, t
+    if split == 1:
+        return lse[0], pos[0], t[0]
+    lse_all = torch.logsumexp(lse, dim=0)
+    t_all = (torch.exp(lse - lse_all) * t).sum(dim=0) if with_t else t[0]
+    return lse_all, pos.sum(dim=0), t_all
 
 
 def contrastive_bwd(
@@ -327,22 +391,28 @@ def contrastive_bwd(
 ) -> torch.Tensor:
     """``dz`` (M, D) in ``z.dtype``: ``α (G + Gᵀ) ẑ`` pulled back through the normalization."""
     M, D = z.shape
-    bm, bn, bd = _blocks(M, D, z.dtype)
-    bdo = bd
-    dzn = empty(M, D, dtype=torch.float32, device=z.device)
-    _bwd_kernel[(triton.cdiv(M, bm), triton.cdiv(D, bdo))](
+    cfg, bm, bn, bd = _tiles("nt_xent.bwd", z)
+    grid = (triton.cdiv(M, bm), triton.cdiv(D, bd))
+    split = _n_split(grid[0] * grid[1], triton.cdiv(M, bn), cfg["MIN_PROGRAMS"])
+    dzn = empty(split, M, D, dtype=torch.float32, device=z.device)  # (S, M, D) partials
+    launch(
+        _bwd_kernel, (*grid, split),
         z, rn if rn is not None else c, c, alpha, dzn,
         M, n_pairs, D, z.stride(0), row_start, row_count, float(beta),
         NORMALIZE=rn is not None, EXCLUDE_POS=bool(exclude_pos),
         SCALE_TILE=z.dtype in (torch.float16, torch.bfloat16),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DO=bdo, ONE_D=D <= bd, PREC=_prec(z), DOT_F32=triton_interpret(),
-        num_warps=8 if bm * bdo >= 64 * 128 else 4, num_stages=2,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DO=bd, ONE_D=D <= bd, PREC=_prec(z),
+        DOT_F32=workaround("nt_xent.dot_f32", _DOT_F32_WHY),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     dz = empty(M, D, dtype=z.dtype, device=z.device)
-    bdn = max(16, _pow2(D))
-    br = max(1, min(16, 8192 // bdn))
-    _norm_bwd_kernel[(triton.cdiv(M, br),)](
-        z, rn if rn is not None else c, dzn, dz, M, D, z.stride(0), eps,
+    ncfg = tile_config("nt_xent.norm_bwd", z.device)
+    bdn = pow2(D, 16)
+    br = pow2(ncfg["ELEMS"] // bdn, 1, ncfg["BLOCK_R"])
+    launch(
+        _norm_bwd_kernel, (triton.cdiv(M, br),),
+        z, rn if rn is not None else c, dzn, dz, M, D, z.stride(0), eps, split,
         NORMALIZE=rn is not None, BLOCK_R=br, BLOCK_D=bdn,
+        num_warps=ncfg["num_warps"], num_stages=ncfg["num_stages"],
     )  # fmt: skip
     return dz

@@ -421,11 +421,11 @@ BWD_C = ["NORMALIZE", "EXCLUDE_POS", "SCALE_TILE", "BLOCK_M", "BLOCK_N", "BLOCK_
 for dt, bd, prec, one_d in (("bf16", 128, "ieee", True), ("fp32", 64, "tf32x3", False)):
     f32 = dict.fromkeys(["rn_ptr", "lse_ptr", "pos_ptr", "t_ptr"], "*fp32")
     sig = {"z_ptr": "*" + dt, **f32, **dict.fromkeys(I32, "i32"), "beta": "fp32",
-           **dict.fromkeys(FWD_C, "constexpr")}
-    c = dict(NORMALIZE=True, EXCLUDE_POS=True, WITH_T=True, BLOCK_M=64, BLOCK_N=64, BLOCK_D=bd,
+           "blocks_per_split": "i32", **dict.fromkeys(FWD_C, "constexpr")}
+    c = dict(NORMALIZE=True, EXCLUDE_POS=True, WITH_T=True, BLOCK_M=128, BLOCK_N=64, BLOCK_D=bd,
              ONE_D=one_d, PREC=prec, DOT_F32=False)
     k = triton.compile(ASTSource(K._fwd_kernel, sig, c), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": 4, "num_stages": 2})
+                       options={"num_warps": 8, "num_stages": 2})
     print("fwd", dt, k.asm["ptx"].count("wgmma.mma_async"), k.metadata.shared)
     f32 = dict.fromkeys(["rn_ptr", "c_ptr", "alpha_ptr", "dzn_ptr"], "*fp32")
     sig = {"z_ptr": "*" + dt, **f32, **dict.fromkeys(I32, "i32"), "beta": "fp32",
@@ -433,7 +433,7 @@ for dt, bd, prec, one_d in (("bf16", 128, "ieee", True), ("fp32", 64, "tf32x3", 
     c = dict(NORMALIZE=True, EXCLUDE_POS=False, SCALE_TILE=dt != "fp32", BLOCK_M=64, BLOCK_N=64,
              BLOCK_D=bd, BLOCK_DO=bd, ONE_D=one_d, PREC=prec, DOT_F32=False)
     k = triton.compile(ASTSource(K._bwd_kernel, sig, c), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": 8, "num_stages": 2})
+                       options={"num_warps": 4, "num_stages": 2})
     print("bwd", dt, k.asm["ptx"].count("wgmma.mma_async"), k.metadata.shared)
 """
 
