@@ -6,7 +6,6 @@ void init_masking(py::module_& m);
 void init_quantize(py::module_& m);
 void init_mel(py::module_& m);
 void init_nt_xent(py::module_& m);
-void init_summary_mixing(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "muse_fast CPU kernels (C++17, OpenMP, pybind11; no libtorch linkage)";
@@ -29,5 +28,4 @@ PYBIND11_MODULE(_C, m) {
     init_quantize(m);
     init_mel(m);
     init_nt_xent(m);
-    init_summary_mixing(m);
 }

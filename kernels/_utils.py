@@ -111,6 +111,36 @@ TILES: dict[str, dict[str, dict[str, int]]] = {
     # -- span_mask
     # -- nt_xent
     # -- summary_mixing
+    # PROGRAMS: programs the mean aims for before splitting time into chunks (4 x 132 SMs)
+    "summary_mixing.masked_mean_fwd": {
+        "cuda": {"BLOCK_T": 16, "BLOCK_D": 128, "PROGRAMS": 528, "num_warps": 4, "num_stages": 2},
+        "interpreter": {
+            "BLOCK_T": 256,
+            "BLOCK_D": 1024,
+            "PROGRAMS": 1,
+            "num_warps": 1,
+            "num_stages": 1,
+        },
+    },
+    "summary_mixing.masked_mean_bwd": {
+        "cuda": {"BLOCK_T": 16, "BLOCK_D": 128, "num_warps": 4, "num_stages": 2},
+        "interpreter": {"BLOCK_T": 256, "BLOCK_D": 1024, "num_warps": 1, "num_stages": 1},
+    },
+    "summary_mixing.add_gelu_mask_fwd": {
+        "cuda": {"BLOCK_T": 16, "BLOCK_D": 128, "num_warps": 4, "num_stages": 2},
+        "interpreter": {"BLOCK_T": 256, "BLOCK_D": 1024, "num_warps": 1, "num_stages": 1},
+    },
+    # T_CHUNK: frames whose dz one program sums into one fp32 partial of dg
+    "summary_mixing.add_gelu_mask_bwd": {
+        "cuda": {"BLOCK_T": 16, "BLOCK_D": 128, "T_CHUNK": 128, "num_warps": 4, "num_stages": 2},
+        "interpreter": {
+            "BLOCK_T": 256,
+            "BLOCK_D": 1024,
+            "T_CHUNK": 1 << 30,
+            "num_warps": 1,
+            "num_stages": 1,
+        },
+    },
 }
 
 

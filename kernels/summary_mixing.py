@@ -11,8 +11,9 @@ Two fused pieces of SummaryMixing; the big matmuls stay in cuBLAS (torch):
   launcher adds up), so no (B, T, 2D) tensor ever exists.
 
 Accumulation is fp32 (fp64 for fp64 inputs). Masks are passed as uint8 views of bool tensors.
-Block sizes: whole rows per program under ``TRITON_INTERPRET=1`` (CPU tensors), GPU-sized
-tiles otherwise.
+Tile sizes come from ``TILES["summary_mixing.*"]`` in :mod:`._utils`. Memory traffic: the mean
+reads S once; add + GELU reads H, writes z over H and writes y; its backward reads dy and z and
+writes dz (plus B x chunks x D partial sums); the mean's backward writes dX once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from muse_fast._runtime import empty
+from ._utils import acc_dtype, empty, launch, pow2, tile_config
 
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -63,7 +64,8 @@ def _masked_mean_fwd_kernel(
     acc_t = tl.float64 if IS_F64 else tl.float32
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
-    acc = tl.zeros([BLOCK_D], dtype=acc_t)
+    # accumulate elementwise over the time loop and reduce over time once, after it
+    acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=acc_t)
     cnt = tl.zeros([BLOCK_T], dtype=acc_t)
     t_start = c * T_CHUNK
     t_end = tl.minimum(t_start + T_CHUNK, T)
@@ -77,13 +79,14 @@ def _masked_mean_fwd_kernel(
         ptrs = S + b * s_b + offs_t[:, None] * s_t + offs_d[None, :] * s_d
         ok = t_ok[:, None] & d_ok[None, :]
         x = tl.load(ptrs, mask=ok, other=0.0).to(acc_t)
-        acc += tl.sum(tl.where(ok, x, 0.0), axis=0)
+        acc += x  # masked-out elements loaded as 0 (never NaN from padding)
+    total = tl.sum(acc, axis=0)
     if FINAL:
         n = tl.maximum(tl.sum(cnt, axis=0), 1.0)
-        res = acc / n
+        res = total / n
         tl.store(OUT + b * out_b + offs_d, res.to(OUT.dtype.element_ty), mask=d_ok)
     else:
-        tl.store(OUT + b * out_b + c * out_c + offs_d, acc, mask=d_ok)
+        tl.store(OUT + b * out_b + c * out_c + offs_d, total, mask=d_ok)
 
 
 @triton.jit
@@ -181,7 +184,7 @@ def _add_gelu_mask_bwd_kernel(
     acc_t = tl.float64 if IS_F64 else tl.float32
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
-    acc = tl.zeros([BLOCK_D], dtype=acc_t)
+    acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=acc_t)  # reduced over time once, after the loop
     t_start = c * T_CHUNK
     t_end = tl.minimum(t_start + T_CHUNK, T)
     for t0 in range(t_start, t_end, BLOCK_T):
@@ -201,8 +204,8 @@ def _add_gelu_mask_bwd_kernel(
         dz = tl.where(keep, dz, 0.0)
         dz_st = dz.to(DZ.dtype.element_ty)
         tl.store(DZ + off, dz_st, mask=ok)
-        acc += tl.sum(dz, axis=0)
-    tl.store(DG + b * dg_b + c * dg_c + offs_d, acc, mask=d_ok)
+        acc += dz
+    tl.store(DG + b * dg_b + c * dg_c + offs_d, tl.sum(acc, axis=0), mask=d_ok)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,25 +213,10 @@ def _add_gelu_mask_bwd_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-# Tests set these to run GPU-like tilings under the interpreter (several blocks per row, ragged
-# edges, time split into chunks): (BLOCK_T, BLOCK_D) and the frames per time chunk.
-FORCE_BLOCKS: tuple[int, int] | None = None
-FORCE_T_CHUNK: int | None = None
-
-
-def _pow2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
-
-
-def _blocks(t: torch.Tensor, T: int, D: int) -> tuple[int, int]:
-    """(BLOCK_T, BLOCK_D): whole rows under the interpreter, GPU tiles otherwise."""
-    if FORCE_BLOCKS is not None:
-        return FORCE_BLOCKS
-    if t.device.type == "cpu":  # interpreter: few, large programs
-        bd = min(_pow2(D), 1024)
-        bt = max(1, min(_pow2(T), 16384 // bd))
-        return bt, bd
-    return 16, min(_pow2(D), 128)
+def _blocks(name: str, device: torch.device, T: int, D: int) -> tuple[dict, int, int]:
+    """The tile entry of kernel ``name`` and (BLOCK_T, BLOCK_D) shrunk to the problem."""
+    cfg = tile_config(name, device)
+    return cfg, pow2(T, 1, cfg["BLOCK_T"]), pow2(D, 1, cfg["BLOCK_D"])
 
 
 def _mask_u8(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -238,24 +226,17 @@ def _mask_u8(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tenso
     return m, m.stride(0)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def masked_mean(
-    x: torch.Tensor, mask: torch.Tensor | None, out_dtype: torch.dtype | None = None
+    x: torch.Tensor, mask: torch.Tensor | None = None, out_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """(B, T, D) any strides, mask (B, T) bool or None → (B, D) in ``out_dtype`` (x's dtype)."""
     out_dtype = out_dtype or x.dtype
     B, T, D = x.shape
-    bt, bd = _blocks(x, T, D)
-    if x.device.type == "cpu":
-        n_chunks = 1
-    else:
-        # split time when (B x feature blocks) alone cannot fill the GPU
-        want = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
-        n_chunks = max(1, min(triton.cdiv(T, 4 * bt), want // max(1, B * triton.cdiv(D, bd))))
-    t_chunk = triton.cdiv(T, n_chunks) if FORCE_T_CHUNK is None else FORCE_T_CHUNK
+    cfg, bt, bd = _blocks("summary_mixing.masked_mean_fwd", x.device, T, D)
+    # split time (at least 4 time blocks per chunk) when B x feature blocks cannot fill the
+    # PROGRAMS the tile entry asks for (one on the interpreter)
+    n_chunks = max(1, min(triton.cdiv(T, 4 * bt), cfg["PROGRAMS"] // (B * triton.cdiv(D, bd))))
+    t_chunk = triton.cdiv(T, n_chunks)
     n_chunks = triton.cdiv(T, t_chunk)
     m, m_b = _mask_u8(mask, x)
     final = n_chunks == 1
@@ -263,10 +244,12 @@ def masked_mean(
         out = empty(B, D, dtype=out_dtype, device=x.device)
         out_b, out_c = out.stride(0), 0
     else:
-        out = empty(B, n_chunks, D, dtype=_acc_dtype(x.dtype), device=x.device)
+        out = empty(B, n_chunks, D, dtype=acc_dtype(x.dtype), device=x.device)
         out_b, out_c = out.stride(0), out.stride(1)
     grid = (B, n_chunks, triton.cdiv(D, bd))
-    _masked_mean_fwd_kernel[grid](
+    launch(
+        _masked_mean_fwd_kernel,
+        grid,
         x,
         m,
         out,
@@ -284,6 +267,8 @@ def masked_mean(
         IS_F64=x.dtype == torch.float64,
         BLOCK_T=bt,
         BLOCK_D=bd,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     if final:
         return out
@@ -296,22 +281,25 @@ def masked_mean(
 
 
 def masked_mean_backward(
-    dmean: torch.Tensor, mask: torch.Tensor | None, T: int, dtype: torch.dtype
+    dmean: torch.Tensor, mask: torch.Tensor | None, T: int, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """dmean (B, D) (any float dtype) → dX (B, T, D) contiguous in ``dtype``."""
+    """dmean (B, D) (any float dtype) → dX (B, T, D) contiguous in ``dtype`` (dmean's)."""
+    dtype = dtype or dmean.dtype
     dmean = dmean.contiguous()
     B, D = dmean.shape
-    acc = _acc_dtype(dmean.dtype)
+    acc = acc_dtype(dmean.dtype)
     if mask is not None:
         inv = 1.0 / mask.sum(1, dtype=acc).clamp_min(1)
     else:
         inv = torch.full((B,), 1.0 / max(T, 1), dtype=acc, device=dmean.device)
     dx = empty(B, T, D, dtype=dtype, device=dmean.device)
     is_f64 = dtype == torch.float64 or dmean.dtype == torch.float64
-    bt, bd = _blocks(dmean, T, D)
+    cfg, bt, bd = _blocks("summary_mixing.masked_mean_bwd", dmean.device, T, D)
     m, m_b = _mask_u8(mask, dmean)
     grid = (B, triton.cdiv(T, bt), triton.cdiv(D, bd))
-    _masked_mean_bwd_kernel[grid](
+    launch(
+        _masked_mean_bwd_kernel,
+        grid,
         dmean,
         inv,
         m,
@@ -323,6 +311,8 @@ def masked_mean_backward(
         IS_F64=is_f64,
         BLOCK_T=bt,
         BLOCK_D=bd,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return dx
 
@@ -331,14 +321,17 @@ def add_gelu_mask(
     h: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h (B, T, D) contiguous, owned by the caller; g (B, D) → (y, z) with z written over h."""
-    assert h.is_contiguous()
+    if not h.is_contiguous():
+        raise ValueError("h: expected a contiguous (B, T, D) tensor (z is written over it)")
     B, T, D = h.shape
     g = g.contiguous()
     y = empty(B, T, D, dtype=h.dtype, device=h.device)
-    bt, bd = _blocks(h, T, D)
+    cfg, bt, bd = _blocks("summary_mixing.add_gelu_mask_fwd", h.device, T, D)
     m, m_b = _mask_u8(mask, h)
     grid = (B, triton.cdiv(T, bt), triton.cdiv(D, bd))
-    _add_gelu_mask_fwd_kernel[grid](
+    launch(
+        _add_gelu_mask_fwd_kernel,
+        grid,
         h,
         g,
         m,
@@ -350,6 +343,8 @@ def add_gelu_mask(
         IS_F64=h.dtype == torch.float64,
         BLOCK_T=bt,
         BLOCK_D=bd,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return y, h
 
@@ -361,19 +356,16 @@ def add_gelu_mask_backward(
     dy = dy.contiguous()
     z = z.contiguous()
     B, T, D = z.shape
-    bt, bd = _blocks(z, T, D)
-    if FORCE_T_CHUNK is not None:
-        t_chunk = FORCE_T_CHUNK
-    elif z.device.type == "cpu":
-        t_chunk = T
-    else:
-        t_chunk = 8 * bt
+    cfg, bt, bd = _blocks("summary_mixing.add_gelu_mask_bwd", z.device, T, D)
+    t_chunk = min(T, cfg["T_CHUNK"])  # frames whose dz one program sums into a dg partial
     n_chunks = triton.cdiv(T, t_chunk)
     dz = empty(B, T, D, dtype=z.dtype, device=z.device)
-    dg = empty(B, n_chunks, D, dtype=_acc_dtype(z.dtype), device=z.device)
+    dg = empty(B, n_chunks, D, dtype=acc_dtype(z.dtype), device=z.device)
     m, m_b = _mask_u8(mask, z)
     grid = (B, n_chunks, triton.cdiv(D, bd))
-    _add_gelu_mask_bwd_kernel[grid](
+    launch(
+        _add_gelu_mask_bwd_kernel,
+        grid,
         dy,
         z,
         m,
@@ -389,5 +381,7 @@ def add_gelu_mask_backward(
         IS_F64=z.dtype == torch.float64,
         BLOCK_T=bt,
         BLOCK_D=bd,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return dz, (dg[:, 0] if n_chunks == 1 else dg.sum(1))

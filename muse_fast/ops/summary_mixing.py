@@ -1,4 +1,4 @@
-"""SummaryMixing's mixing step (SPEC §1.5): a masked mean over time and a combiner whose weight
+"""SummaryMixing's mixing step (docs/design.md, "SummaryMixing"): a masked mean over time and a combiner whose weight
 is split so the per-utterance summary is projected once instead of once per frame.
 
 SummaryMixing (Parcollet et al., 2023) replaces self-attention by
@@ -15,16 +15,15 @@ that (no repeat, no concat, half the combiner FLOPs forward and backward);
 :func:`summary_mixing_reference` computes it the public way. The MLPs f and s belong to the
 caller (:class:`muse_fast.nn.SummaryMixing`); this op is the part in between.
 
-Backends (one dispatcher, :mod:`muse_fast._backend`):
+Backends (declared once with :func:`muse_fast._backend.declare`):
 
 * ``triton`` — split-weight algebra; cuBLAS matmuls + two Triton kernels
   (:mod:`muse_fast.kernels.summary_mixing`): the masked mean, and add-summary-term + GELU + mask
   (whose backward also reduces the summary-term gradient over time);
-* ``cpu`` — the same split-weight algebra in torch ops (MKL matmuls; padded rows zeroed with an
-  index fill). No C++ kernel: profiled at (8, 750, 512) fp32, matmuls take ~80 % of the fused
-  forward+backward and the elementwise passes (add, GELU, GELU', mean, its backward) ~15-20 %;
-  a fused C++ pass could remove about half of those memory passes but would need a vectorised
-  erf to match torch's GELU, so at best a few percent — not worth a second implementation;
+* ``torch`` — the same split-weight algebra in torch ops (any device, no C++ extension needed,
+  so ``MUSE_FAST_NO_EXT=1`` keeps the fast path). There is no C++ kernel: the matmuls dominate
+  and a fused C++ elementwise pass would need a vectorised erf to match torch's GELU
+  (docs/design.md, "SummaryMixing");
 * ``reference`` — repeat + concat + one combiner matmul (the public implementation).
 
 Conventions shared by every backend:
@@ -46,7 +45,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._backend import Op, register
+from .._backend import declare
 from ._checks import FLOATING, check_float, check_same_device, check_tensor
 
 __all__ = [
@@ -89,23 +88,20 @@ def masked_mean_reference(x: Tensor, mask: Tensor | None = None) -> Tensor:
     return (x * m).sum(1) / m.sum(1).clamp_min(1)
 
 
-masked_mean_reference.example_inputs = lambda device: (  # type: ignore[attr-defined]
-    (torch.randn(2, 5, 8, device=device), torch.rand(2, 5, device=device) > 0.3),
-    {},
-)
+def _mean_example(device: torch.device) -> tuple[tuple, dict]:
+    return (torch.randn(2, 5, 8, device=device), torch.rand(2, 5, device=device) > 0.3), {}
 
 
-def _masked_mean_backward_reference(dmean: Tensor, mask: Tensor | None, T: int) -> Tensor:
+def masked_mean_backward_reference(dmean: Tensor, mask: Tensor | None, T: int) -> Tensor:
     """dX[b, t] = m[b, t] · dmean[b] / max(n_b, 1) (B, T, D), contiguous."""
     B, D = dmean.shape
     m = _mask_weights(mask, B, T, dmean)
     return (m / m.sum(1, keepdim=True).clamp_min(1)) * dmean.unsqueeze(1)
 
 
-_masked_mean_backward_reference.example_inputs = lambda device: (  # type: ignore[attr-defined]
-    (torch.randn(2, 8, device=device), torch.rand(2, 5, device=device) > 0.3, 5),
-    {},
-)
+def _mean_backward_example(device: torch.device) -> tuple[tuple, dict]:
+    (x, mask), _ = _mean_example(device)
+    return (torch.randn(2, 8, device=device), mask, x.shape[1]), {}
 
 
 def _triton_float_check(x: Tensor, *args, **kwargs) -> str | None:
@@ -114,54 +110,8 @@ def _triton_float_check(x: Tensor, *args, **kwargs) -> str | None:
     return None
 
 
-def _masked_mean_triton(x: Tensor, mask: Tensor | None = None) -> Tensor:
-    from ..kernels import summary_mixing as K
-
-    return K.masked_mean(x, mask)
-
-
-def _masked_mean_backward_triton(dmean: Tensor, mask: Tensor | None, T: int) -> Tensor:
-    from ..kernels import summary_mixing as K
-
-    return K.masked_mean_backward(dmean, mask, T, dmean.dtype)
-
-
-_MEAN = register(
-    Op(
-        "masked_mean",
-        reference=masked_mean_reference,
-        triton=_masked_mean_triton,
-        triton_check=_triton_float_check,
-    )
-)
-_MEAN_BWD = register(
-    Op(
-        "masked_mean_backward",
-        reference=_masked_mean_backward_reference,
-        triton=_masked_mean_backward_triton,
-        triton_check=_triton_float_check,
-    )
-)
-
-
-@torch.library.custom_op("muse_fast::masked_mean", mutates_args=())
-def _masked_mean_op(x: Tensor, mask: Tensor | None) -> Tensor:
-    return _MEAN(x, mask)
-
-
-@_masked_mean_op.register_fake
-def _(x, mask):
-    return x.new_empty(x.shape[0], x.shape[2])
-
-
-@torch.library.custom_op("muse_fast::masked_mean_backward", mutates_args=())
-def _masked_mean_bwd_op(dmean: Tensor, mask: Tensor | None, T: int) -> Tensor:
-    return _MEAN_BWD(dmean, mask, T)
-
-
-@_masked_mean_bwd_op.register_fake
-def _(dmean, mask, T):
-    return dmean.new_empty(dmean.shape[0], T, dmean.shape[1])
+def _masked_mean_torch(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    return _mean_torch(x, mask).to(x.dtype)
 
 
 def _masked_mean_setup(ctx, inputs, output):
@@ -172,10 +122,29 @@ def _masked_mean_setup(ctx, inputs, output):
 
 def _masked_mean_backward(ctx, dmean):
     (mask,) = ctx.saved_tensors
-    return _masked_mean_bwd_op(dmean, mask, ctx.T), None
+    return _MEAN_BWD(dmean, mask, ctx.T), None
 
 
-_masked_mean_op.register_autograd(_masked_mean_backward, setup_context=_masked_mean_setup)
+_MEAN_BWD = declare(
+    "masked_mean_backward",
+    reference=masked_mean_backward_reference,
+    triton="kernels.summary_mixing:masked_mean_backward",
+    torch=masked_mean_backward_reference,
+    checks={"triton": _triton_float_check},
+    example_inputs=_mean_backward_example,
+    fake=lambda dmean, mask, T: dmean.new_empty(dmean.shape[0], T, dmean.shape[1]),
+)
+_MEAN = declare(
+    "masked_mean",
+    reference=masked_mean_reference,
+    triton="kernels.summary_mixing:masked_mean",
+    torch=_masked_mean_torch,
+    checks={"triton": _triton_float_check},
+    example_inputs=_mean_example,
+    fake=lambda x, mask=None: x.new_empty(x.shape[0], x.shape[2]),
+    backward=_masked_mean_backward,
+    setup_context=_masked_mean_setup,
+)
 
 
 def _check_mask(mask: object, B: int, T: int, device: torch.device) -> Tensor | None:
@@ -198,7 +167,7 @@ def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
     if B == 0 or T == 0 or D == 0:
         raise ValueError(f"x: expected non-empty (B, T, D), got shape {tuple(x.shape)}")
     mask = _check_mask(mask, B, T, x.device)
-    return _masked_mean_op(x, mask)
+    return _MEAN(x, mask)
 
 
 # ============================================================================================
@@ -268,28 +237,6 @@ def summary_mixing_reference(
     return _reference_parts(local, summary, weight, bias, mask, scale)[0]
 
 
-summary_mixing_reference.example_inputs = lambda device: (  # type: ignore[attr-defined]
-    (
-        torch.randn(2, 5, 8, device=device),
-        torch.randn(2, 5, 6, device=device),
-        torch.randn(8, 14, device=device) * 0.2,
-        torch.zeros(8, device=device),
-        torch.rand(2, 5, device=device) > 0.3,
-    ),
-    {},
-)
-
-
-def _sm_reference_op(local, summary, weight, bias, mask, scale):
-    return _reference_parts(local, summary, weight, bias, mask, scale)
-
-
-_sm_reference_op.example_inputs = lambda device: (  # type: ignore[attr-defined]
-    summary_mixing_reference.example_inputs(device)[0] + (None,),
-    {},
-)
-
-
 # --- the fused (split-weight) algebra, with pluggable elementwise primitives ----------------
 
 
@@ -306,11 +253,15 @@ def _mean_torch(x: Tensor, mask: Tensor | None) -> Tensor:
 def _zero_padded_rows(t: Tensor, mask: Tensor | None) -> Tensor:
     """Zero, in place, the frames of ``t`` (B, T, D) contiguous where ``mask`` is False.
 
-    Writes only the padded rows (an index fill), cheaper on the CPU than a full masked_fill.
+    On the CPU only the padded rows are written (an index fill, cheaper than a full
+    masked_fill); elsewhere a masked_fill, since ``nonzero`` would wait for the device.
     """
-    if mask is not None:
-        rows = (~mask).flatten().nonzero().squeeze(1)
-        t.view(-1, t.shape[-1]).index_fill_(0, rows, 0.0)
+    if mask is None:
+        return t
+    if t.device.type != "cpu":
+        return t.masked_fill_(~mask.unsqueeze(-1), 0.0)
+    rows = (~mask).flatten().nonzero().squeeze(1)
+    t.view(-1, t.shape[-1]).index_fill_(0, rows, 0.0)
     return t
 
 
@@ -326,20 +277,18 @@ def _add_gelu_mask_backward_torch(
     return dz, dz.sum(1, dtype=_acc(dz.dtype))
 
 
-def _masked_mean_backward_torch(dmean: Tensor, mask: Tensor | None, T: int, dtype) -> Tensor:
-    return _masked_mean_backward_reference(dmean, mask, T).to(dtype)
+def _mean_backward_torch(dmean: Tensor, mask: Tensor | None, T: int, dtype) -> Tensor:
+    return masked_mean_backward_reference(dmean, mask, T).to(dtype)
 
 
-def _fused_forward(local, summary, weight, bias, mask, scale, *, triton: bool):
-    if triton:
-        from ..kernels import summary_mixing as K
+def _mean_triton(x: Tensor, mask: Tensor | None) -> Tensor:
+    from ..kernels import summary_mixing as K
 
-        def mean(x, mask):
-            return K.masked_mean(x, mask, out_dtype=_acc(x.dtype))
+    return K.masked_mean(x, mask, out_dtype=_acc(x.dtype))
 
-        add_gelu = K.add_gelu_mask
-    else:
-        mean, add_gelu = _mean_torch, _add_gelu_mask_torch
+
+def _fused_forward(local, summary, weight, bias, mask, scale, mean, add_gelu):
+    """The split-weight forward with ``mean`` / ``add_gelu`` from the torch or Triton backend."""
     Dl = local.shape[-1]
     acc = _acc(local.dtype)
     # the summary term, once per utterance, in float32 (float64) whatever the input dtype
@@ -353,13 +302,8 @@ def _fused_forward(local, summary, weight, bias, mask, scale, *, triton: bool):
     return y, z, sbar
 
 
-def _fused_backward(dy, local, weight, mask, scale, z, sbar, *, triton: bool):
-    if triton:
-        from ..kernels import summary_mixing as K
-
-        gelu_bwd, mean_bwd = K.add_gelu_mask_backward, K.masked_mean_backward
-    else:
-        gelu_bwd, mean_bwd = _add_gelu_mask_backward_torch, _masked_mean_backward_torch
+def _fused_backward(dy, local, weight, mask, scale, z, sbar, gelu_bwd, mean_bwd):
+    """The split-weight backward with the elementwise passes of the torch or Triton backend."""
     B, T, Dl = local.shape
     Dout = weight.shape[0]
     dz, dg = gelu_bwd(dy, z, mask)  # (B, T, Dout) in z's dtype, (B, Dout) float32 (float64)
@@ -378,15 +322,27 @@ def _fused_backward(dy, local, weight, mask, scale, z, sbar, *, triton: bool):
     return d_local, d_summary, torch.cat([dw_f, dw_s], dim=1), db
 
 
-def _sm_cpu(local, summary, weight, bias, mask, scale):
-    return _fused_forward(local, summary, weight, bias, mask, scale, triton=False)
+def _sm_torch(local, summary, weight, bias, mask, scale):
+    return _fused_forward(
+        local, summary, weight, bias, mask, scale, _mean_torch, _add_gelu_mask_torch
+    )
 
 
 def _sm_triton(local, summary, weight, bias, mask, scale):
-    return _fused_forward(local, summary, weight, bias, mask, scale, triton=True)
+    from ..kernels import summary_mixing as K
+
+    return _fused_forward(local, summary, weight, bias, mask, scale, _mean_triton, K.add_gelu_mask)
 
 
-def _sm_backward_reference(dy, local, weight, mask, scale, z, sbar):
+def summary_mixing_backward_reference(
+    dy: Tensor,
+    local: Tensor,
+    weight: Tensor,
+    mask: Tensor | None,
+    scale: Tensor | None,
+    z: Tensor,
+    sbar: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Backward of the public computation, explicitly: through the (B, T, Dl + Ds) concat."""
     B, T, Dl = local.shape
     Dout = weight.shape[0]
@@ -405,58 +361,34 @@ def _sm_backward_reference(dy, local, weight, mask, scale, z, sbar):
     return d_local, d_summary, dw, db
 
 
-def _sm_backward_example(device):
-    (local, summary, weight, _, mask) = summary_mixing_reference.example_inputs(device)[0]
+def _sm_example(device: torch.device) -> tuple[tuple, dict]:
+    local = torch.randn(2, 5, 8, device=device)
+    weight = torch.randn(8, 14, device=device) * 0.2
+    mask = torch.rand(2, 5, device=device) > 0.3
+    return (local, torch.randn(2, 5, 6, device=device), weight, None, mask, None), {}
+
+
+def _sm_backward_example(device: torch.device) -> tuple[tuple, dict]:
+    (local, summary, weight, _, mask, _), _ = _sm_example(device)
     y, z, sbar = _reference_parts(local, summary, weight, None, mask, None)
     return (torch.randn_like(y), local, weight, mask, None, z, sbar), {}
 
 
-_sm_backward_reference.example_inputs = _sm_backward_example  # type: ignore[attr-defined]
-
-
-def _sm_backward_cpu(dy, local, weight, mask, scale, z, sbar):
-    return _fused_backward(dy, local, weight, mask, scale, z, sbar, triton=False)
+def _sm_backward_torch(dy, local, weight, mask, scale, z, sbar):
+    return _fused_backward(
+        dy, local, weight, mask, scale, z, sbar, _add_gelu_mask_backward_torch, _mean_backward_torch
+    )
 
 
 def _sm_backward_triton(dy, local, weight, mask, scale, z, sbar):
-    return _fused_backward(dy, local, weight, mask, scale, z, sbar, triton=True)
+    from ..kernels import summary_mixing as K
 
-
-_SM = register(
-    Op(
-        "summary_mixing",
-        reference=_sm_reference_op,
-        triton=_sm_triton,
-        cpu=_sm_cpu,
-        triton_check=_triton_float_check,
+    return _fused_backward(
+        dy, local, weight, mask, scale, z, sbar, K.add_gelu_mask_backward, K.masked_mean_backward
     )
-)
-_SM_BWD = register(
-    Op(
-        "summary_mixing_backward",
-        reference=_sm_backward_reference,
-        triton=_sm_backward_triton,
-        cpu=_sm_backward_cpu,
-        triton_check=_triton_float_check,
-    )
-)
 
 
-@torch.library.custom_op("muse_fast::summary_mixing", mutates_args=())
-def _summary_mixing_op(
-    local: Tensor,
-    summary: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    mask: Tensor | None,
-    scale: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    # (y, z, s̄): z (the combiner's pre-activation) and s̄ are saved for the backward
-    return _SM(local, summary, weight, bias, mask, scale)
-
-
-@_summary_mixing_op.register_fake
-def _(local, summary, weight, bias, mask, scale):
+def _sm_fake(local, summary, weight, bias, mask, scale):
     B, T, _ = local.shape
     Dout = weight.shape[0]
     return (
@@ -466,24 +398,10 @@ def _(local, summary, weight, bias, mask, scale):
     )
 
 
-@torch.library.custom_op("muse_fast::summary_mixing_backward", mutates_args=())
-def _summary_mixing_bwd_op(
-    dy: Tensor,
-    local: Tensor,
-    weight: Tensor,
-    mask: Tensor | None,
-    scale: Tensor | None,
-    z: Tensor,
-    sbar: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _SM_BWD(dy, local, weight, mask, scale, z, sbar)
-
-
-@_summary_mixing_bwd_op.register_fake
-def _(dy, local, weight, mask, scale, z, sbar):
-    B, T, Dl = local.shape
+def _sm_backward_fake(dy, local, weight, mask, scale, z, sbar):
+    B, T, _ = local.shape
     return (
-        local.new_empty(B, T, Dl),
+        local.new_empty(B, T, local.shape[-1]),
         local.new_empty(B, T, sbar.shape[-1]),
         weight.new_empty(weight.shape),
         weight.new_empty(weight.shape[0]),
@@ -503,11 +421,32 @@ def _sm_backward(ctx, dy, _dz, _dsbar):
     if dy is None:  # y unused (grads are not materialized)
         return None, None, None, None, None, None
     local, weight, mask, scale, z, sbar = ctx.saved_tensors
-    d_local, d_summary, dw, db = _summary_mixing_bwd_op(dy, local, weight, mask, scale, z, sbar)
+    d_local, d_summary, dw, db = _SM_BWD(dy, local, weight, mask, scale, z, sbar)
     return d_local, d_summary, dw, (db if ctx.has_bias else None), None, None
 
 
-_summary_mixing_op.register_autograd(_sm_backward, setup_context=_sm_setup)
+# The registered ops take the dropout multipliers ``scale`` (B, Ds) or None and return
+# (y, z, s̄): z (the combiner's pre-activation) and s̄ are saved for the backward.
+_SM_BWD = declare(
+    "summary_mixing_backward",
+    reference=summary_mixing_backward_reference,
+    triton=_sm_backward_triton,
+    torch=_sm_backward_torch,
+    checks={"triton": _triton_float_check},
+    example_inputs=_sm_backward_example,
+    fake=_sm_backward_fake,
+)
+_SM = declare(
+    "summary_mixing",
+    reference=_reference_parts,
+    triton=_sm_triton,
+    torch=_sm_torch,
+    checks={"triton": _triton_float_check},
+    example_inputs=_sm_example,
+    fake=_sm_fake,
+    backward=_sm_backward,
+    setup_context=_sm_setup,
+)
 
 
 def _validate(local, summary, weight, bias, mask, dropout):
@@ -554,7 +493,8 @@ def summary_mixing(
     for masks, empty rows and dropout). ``W_s·s̄ + b`` is computed once per utterance and
     broadcast; no (B, T, Dl + Ds) tensor is formed, forward or backward. ``weight``/``bias`` in
     another floating dtype than ``local`` (autocast) are cast to it. Dispatches to Triton (CUDA),
-    the split algebra in torch (CPU) or the reference (``muse_fast.backend("reference")``).
+    the split algebra in torch (CPU, or CUDA without Triton) or the reference
+    (``muse_fast.backend("reference")``).
     """
     mask, p = _validate(local, summary, weight, bias, mask, dropout)
     if weight.dtype != local.dtype:
@@ -565,5 +505,5 @@ def summary_mixing(
     if p > 0 and training:
         local = F.dropout(local, p)
         scale = _dropout_scale(local.shape[0], summary.shape[-1], p, summary)
-    y, _, _ = _summary_mixing_op(local, summary, weight, bias, mask, scale)
+    y, _, _ = _SM(local, summary, weight, bias, mask, scale)
     return y
