@@ -53,7 +53,7 @@ def to_int16(x: np.ndarray) -> np.ndarray:
 def _locked(folder: Path):
     """An exclusive lock on ``folder`` (one writer at a time; a second one waits)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as f:
+    with open(folder / ".lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -81,7 +81,10 @@ def _ordered_map(fn: Callable, items: list, workers: int) -> Iterator:
         return
     import multiprocessing as mp
 
-    with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+    # fork where there is one: "spawn" re-imports the caller's __main__, and a script without
+    # a main guard would then run (and here: wait on the folder lock) in every worker
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers, initializer=_worker_init) as pool:
         yield from pool.imap(fn, items, chunksize=1)
 
 
