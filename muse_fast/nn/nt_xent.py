@@ -30,7 +30,8 @@ from torch import nn
 
 from ..ops._checks import check_float, check_int, check_same_device, check_tensor
 from ..ops.nt_xent import (
-    _check_pair,
+    _check_pair,  # GlobalContrastiveLoss's; NTXentLoss uses the public check_pair
+    check_pair,
     global_contrastive_loss_rows,
     nt_xent,
     nt_xent_rows,
@@ -94,8 +95,8 @@ class NTXentLoss(nn.Module):
         rank, world = _world() if self.gather_distributed else (0, 1)
         if world == 1:
             return nt_xent(z1, z2, self.temperature, self.normalize)
-        n = _check_pair(z1, z2, self.temperature, self.normalize, min_pairs=1)
-        z = _gather_views(z1, z2)
+        n = check_pair(z1, z2, self.temperature, self.normalize, min_pairs=1)
+        z = _gather_views(z1, z2)  # (2·W·N, D)
         local = nt_xent_rows(z, n * world, self.temperature, self.normalize, rank * n, n)
         return _global_value(local, world)
 

@@ -205,7 +205,7 @@ def test_cpp_variants(monkeypatch, variant):
     row-block one (row subsets, and full batches whose accumulators would be too large)."""
     if not any(p.id == "cpp" for p in KERNELS):
         pytest.skip("the C++ extension is not built")
-    ops_mod = sys.modules["muse_fast.ops.nt_xent"]  # the attribute is the function
+    ops_mod = sys.modules["muse_fast.ops._contrastive"]
     if variant == "row-block":
         monkeypatch.setattr(ops_mod, "_sym_threads", lambda *a: 0)
     z1 = torch.randn(150, 64, dtype=torch.float64)
@@ -244,15 +244,29 @@ def test_fake_tensors_give_shapes():
 
 
 def test_custom_ops_pass_opcheck():
-    ops_mod = sys.modules["muse_fast.ops.nt_xent"]
+    from muse_fast.ops._contrastive import CONTRASTIVE_GRAD
+    from muse_fast.ops.nt_xent import GLOBAL_CONTRASTIVE_LOSS, NT_XENT
+
     z = torch.randn(8, 5, requires_grad=True)
     utils = ("test_schema", "test_faketensor", "test_autograd_registration")
-    torch.library.opcheck(ops_mod._nt_xent_op, (z, 4, 0.2, True, 1, 2), test_utils=utils)
+    torch.library.opcheck(NT_XENT.library, (z, 4, 0.2, True, 1, 2), test_utils=utils)
     torch.library.opcheck(
-        ops_mod._gcl_op, (z, torch.randn(4), 4, 0.2, 0.9, True, 1e-8, 0, 4), test_utils=utils
+        GLOBAL_CONTRASTIVE_LOSS.library,
+        (z, torch.randn(4), 4, 0.2, 0.9, True, 1e-8, 0, 4),
+        test_utils=utils,
     )
     args = (z.detach(), torch.rand(8) + 3, torch.tensor(0.3), 4, 0.2, True, 0, 4, False)
-    torch.library.opcheck(ops_mod._grad_op, args, test_utils=utils)
+    torch.library.opcheck(CONTRASTIVE_GRAD.library, args, test_utils=utils)
+
+
+def test_registered_names_are_the_public_ones():
+    from muse_fast.ops import registered_ops
+
+    ops = registered_ops()
+    for name in ("nt_xent", "global_contrastive_loss", "contrastive_grad"):
+        assert name in ops and ops[name].library is not None, name
+        assert hasattr(torch.ops.muse_fast, name), name
+    assert ops["nt_xent"].library._qualname == "muse_fast::nt_xent"
 
 
 def test_bad_inputs_name_the_argument():
@@ -282,8 +296,12 @@ def test_backends_say_why_they_refuse():
     from muse_fast.ops import available_backends
 
     z = torch.randn(8, 4, dtype=torch.float64)
-    why = available_backends("nt_xent", z, 4, 0.1, True, 0, 4, False, False)
-    assert "float64" in why["triton"] and why["cpu"] is None
+    for name, args in (
+        ("nt_xent", (z, 4, 0.1, True, 0, 4)),
+        ("contrastive_grad", (z, torch.zeros(8), torch.tensor(1.0), 4, 0.1, True, 0, 4, False)),
+    ):
+        why = available_backends(name, *args)
+        assert "float64" in why["triton"] and why["cpu"] is None
 
 
 # ------------------------------------------------------------------------------------------
