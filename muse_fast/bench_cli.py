@@ -148,11 +148,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="do not run anything: rebuild SUMMARY.md and the plots from saved results",
     )
     p.add_argument(
+        "--static",
+        action="store_true",
+        help="no benchmarks: the static sm_90 kernel report (estimates; no GPU needed)",
+    )
+    p.add_argument("--out", default=None, help="--static: output folder")
+    p.add_argument("--check", default=None, help="--static: fail on regressions vs this JSON")
+    p.add_argument(
         "pytest_args", nargs=argparse.REMAINDER, help="after --: passed to pytest unchanged"
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.static:
+        from .static.report import main as static_main
+
+        argv = [
+            *(["--out", args.out] if args.out else []),
+            *(["--check", args.check] if args.check else []),
+        ]
+        return static_main(argv + (["--only", args.keyword] if args.keyword else []))
     bench_dir = Path(args.path) if args.path else DEFAULT_BENCH_DIR
     if not (bench_dir / "conftest.py").is_file():
         print(
