@@ -72,9 +72,9 @@ def test_bench_mel_spectrogram(measure, bench_device, quick, variant, batch):
         pytest.skip(f"B={batch} is not in the {bench_device.type} sweep")
     x = _audio(batch, bench_device)
     if variant == "fused":
-        run = lambda x: mel_spectrogram(x, preset="musicfm")  # noqa: E731
+        run = lambda x: mel_spectrogram(x, "musicfm")  # noqa: E731
     elif variant == "reference":
-        run = lambda x: mel_spectrogram_reference(x, preset="musicfm")  # noqa: E731
+        run = lambda x: mel_spectrogram_reference(x, "musicfm")  # noqa: E731
     elif variant == "torchaudio":
         run = _torchaudio(bench_device)
     else:

@@ -1,36 +1,23 @@
 """Triton kernels for :func:`muse_fast.ops.mel_spectrogram` (launchers included; no autograd).
 
-Two kernels bracket the FFT, which is ``torch.fft.rfft`` (cuFFT on CUDA):
+Two kernels bracket the FFT, which is ``torch.fft.rfft`` (cuFFT on CUDA); docs/design.md
+("Mel spectrogram") has the whole pipeline.
 
-``_pad_kernel``
-    Builds the padded signal of every row — torchaudio's constant ``pad``, then ``center``
-    padding by ``n_fft // 2`` in ``pad_mode``, each row padded around *its own* end when
-    ``lengths`` are given — as fp32 rows of ``S = R · hop`` samples in one flat buffer, and
-    counts NaN/inf among the samples it reads (one atomic per program into ``flag``). With rows
-    ``R · hop`` apart, flat frame ``j = row · R + t`` is frame ``t`` of ``row``, so the frames of
-    the whole batch are ONE strided view ``buf.as_strided((F, n_fft), (hop, 1))`` that the FFT
-    reads in place: no frames × n_fft tensor exists.
+``_pad_kernel``: every row's padded signal (torchaudio's constant ``pad``, then ``center``
+padding by ``n_fft // 2`` in ``pad_mode`` around the row's own end) as fp32 rows of
+``S = R * hop`` samples in one flat buffer, so flat frame ``j = row * R + t`` is frame ``t`` of
+``row`` and the FFT reads all frames through one strided view. With ``CHECK`` it also writes one
+NaN/inf flag per program (a plain store: no atomics, no fence). Traffic: read the waveform once,
+write the buffer once.
 
-``_power_mel_kernel``
-    Reads a chunk of the complex spectrum (interleaved re/im) and writes only the mel:
-    hann window (see below), power, the sparse mel filterbank, the log, zeros past each row's
-    valid frames. The filterbank is applied band-tile by band-tile: bands ``[m0, m0 + BM)`` only
-    touch bins ``[min lo, max hi)`` of their triangles, so a tile multiplies a (frames × bins of
-    its support) power tile by the (support × BM) slice of the filterbank (``tl.dot`` in IEEE
-    fp32). Each bin feeds at most two triangles; with BM = 16 the tiles' supports overlap by
-    about one triangle, so each spectrum element is read ~1.1 times (L1/L2 hits) instead of the
-    dense ``n_mels`` MACs per bin (16 per bin here, vs 128 dense for 128 mels).
-
-Windowing in the frequency domain: for a periodic hann window with ``win_length == n_fft``,
-``w[n] = 0.5 - 0.25 (e^{2πin/N} + e^{-2πin/N})``, so the DFT of the windowed frame is
-``Y[k] = 0.5 X[k] - 0.25 (X[k-1] + X[k+1])`` of the *unwindowed* frame (``X[-k] = conj X[k]``
-at both ends of the one-sided spectrum). The FFT therefore runs on the raw strided frames and
-the window costs 3 loads per bin that hit the same cache lines. Its fp32 error against a float64
-ground truth is the same size as windowing in the time domain (both are dominated by the FFT's
-own rounding, which is absolute, ~eps·‖x‖). Other ``win_length`` (the window is zero-padded
-inside n_fft, not a 3-tap in the n_fft-point DFT): the op multiplies each chunk of frames by the
-window (materialized, chunk by chunk) and the kernel runs with ``HANN3=False``; the magnitude
-does not depend on where in the n_fft buffer the win_length samples sit.
+``_power_mel_kernel``: one (frames x bands) output tile of one row. For the bins of the tile's
+bands (their triangles' support) it loads the complex spectrum as (re, im) pairs, applies the
+periodic hann window as the exact frequency-domain 3-tap ``Y[k] = X[k]/2 - (X[k-1] + X[k+1])/4``
+(``X[-1] = conj X[1]``, ``X[N/2 + 1] = conj X[N/2 - 1]``), forms ``|Y|^power`` and multiplies by
+the filterbank slice on tensor cores (``tf32x3``: three TF32 products, fp32-accurate), then the
+log, zeros past the row's valid frames, and stores frames-contiguous. Traffic: the spectrum
+chunk (L2-resident, ~1.1 reads per element because neighbouring band tiles share about one
+triangle of bins), the mel written once.
 """
 
 from __future__ import annotations
@@ -39,10 +26,11 @@ import torch
 import triton
 import triton.language as tl
 
-from muse_fast._runtime import empty, triton_interpret
+from ._utils import empty, launch, pow2, tile_config
 
 PAD_MODES = {"constant": 0, "reflect": 1, "replicate": 2, "circular": 3}
 LOG_MODES = {"none": 0, "log": 1, "log1p": 2, "db": 3}
+DOT_PRECISION = "tf32x3"
 
 
 @triton.jit
@@ -57,6 +45,7 @@ def _pad_kernel(
     PAD,
     HALF,
     MODE: tl.constexpr,
+    CHECK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
@@ -76,12 +65,62 @@ def _pad_kernel(
     s = q - PAD  # sample index in the clip; outside [0, n): zero
     ok = live & (s >= 0) & (s < n)
     row64 = row.to(tl.int64)
-    v = tl.load(x_ptr + row64 * stride_row + s.to(tl.int64) * stride_col, mask=ok, other=0.0).to(
-        tl.float32
-    )
+    v = tl.load(x_ptr + row64 * stride_row + s.to(tl.int64) * stride_col, mask=ok, other=0.0)
+    v = v.to(tl.float32)
     tl.store(out_ptr + row64 * S + i, v, mask=i < S)
-    bad = ok & ((v != v) | (tl.abs(v) == float("inf")))
-    tl.atomic_max(flag_ptr, tl.max(bad.to(tl.int32), axis=0))
+    if CHECK:
+        bad = ok & ((v != v) | (tl.abs(v) == float("inf")))
+        tl.store(flag_ptr + row * tl.num_programs(1) + tl.program_id(1), tl.max(bad.to(tl.int8)))
+
+
+@triton.jit
+def _load_pairs(ptr, row_off, k, mask, BK: tl.constexpr):
+    """(re, im) of bins ``k`` of the frames at ``row_off``: one 8-byte load per complex value."""
+    c = tl.arange(0, 2)
+    p = ptr + row_off[:, None, None] + 2 * k[None, :, None] + c[None, None, :]  # (BT, BK, 2)
+    z = tl.load(p, mask=mask[:, :, None], other=0.0)
+    return tl.split(z)
+
+
+@triton.jit
+def _power(spec_ptr, row_off, k, lmask, NF, NFFT, scale, power, HANN3, POWER_MODE, BK):
+    """|window * frame|^power at bins ``k`` (BT, BK), 0 where ``lmask`` is False."""
+    re, im = _load_pairs(spec_ptr, row_off, k, lmask, BK)
+    if HANN3:
+        km = k - 1
+        neg_m = km < 0  # X[-1] = conj X[1]
+        km = tl.where(neg_m, -km, km)
+        kp = k + 1
+        neg_p = kp >= NF  # X[k] = conj X[N - k] above N // 2
+        kp = tl.where(neg_p, NFFT - kp, kp)
+        re_m, im_m = _load_pairs(spec_ptr, row_off, km, lmask, BK)
+        re_p, im_p = _load_pairs(spec_ptr, row_off, kp, lmask, BK)
+        im_m = tl.where(neg_m[None, :], -im_m, im_m)
+        im_p = tl.where(neg_p[None, :], -im_p, im_p)
+        re = 0.5 * re - 0.25 * (re_m + re_p)
+        im = 0.5 * im - 0.25 * (im_m + im_p)
+    s = (re * re + im * im) * scale
+    if POWER_MODE == 0:  # power 2
+        p = s
+    elif POWER_MODE == 1:  # power 1: magnitude
+        p = tl.sqrt(s)
+    else:  # |X|^power = s^(power / 2); s = 0 -> 0
+        pos = s > 0.0
+        p = tl.where(pos, tl.exp2(0.5 * power * tl.log2(tl.where(pos, s, 1.0))), 0.0)
+    return tl.where(lmask, p, 0.0)
+
+
+@triton.jit
+def _apply_log(acc, log_mult, LOG: tl.constexpr):
+    if LOG == 1:  # natural log, floor 1e-10
+        acc = tl.log(tl.maximum(acc, 1e-10))
+    elif LOG == 2:  # log1p, accurate for small x: log(u) * x / (u - 1), u = 1 + x
+        u = 1.0 + acc
+        tiny = u == 1.0
+        acc = tl.where(tiny, acc, tl.log(u) * (acc / tl.where(tiny, 1.0, u - 1.0)))
+    elif LOG == 3:  # dB: log_mult * log10(max(x, amin))
+        acc = tl.log2(tl.maximum(acc, 1e-10)) * (log_mult * 0.30102999566398120)
+    return acc
 
 
 @triton.jit
@@ -92,8 +131,10 @@ def _power_mel_kernel(
     hi_ptr,
     flen_ptr,
     out_ptr,
+    row0,
+    t_start,
+    t_end,
     j0,
-    n_frames,
     R,
     T,
     NF,
@@ -105,72 +146,42 @@ def _power_mel_kernel(
     HANN3: tl.constexpr,
     POWER_MODE: tl.constexpr,
     LOG: tl.constexpr,
+    PRECISION: tl.constexpr,
     BT: tl.constexpr,
     BK: tl.constexpr,
     BM: tl.constexpr,
 ):
-    f = tl.program_id(0) * BT + tl.arange(0, BT)  # frame within the chunk
-    fmask = f < n_frames
-    j = j0 + f  # flat frame: row * R + t
-    row = j // R
-    t = j - row * R
-    flen = tl.load(flen_ptr + row, mask=fmask, other=0)
-    valid = fmask & (t < flen)
-    keep = fmask & (t < T)  # frames t >= T are the gap between rows: never stored
-    spec_row = spec_ptr + f.to(tl.int64)[:, None] * (2 * NF)
-    out_base = out_ptr + (row.to(tl.int64) * M * T + t)[:, None]
-    for tile in range(0, (M + BM - 1) // BM):
-        m = tile * BM + tl.arange(0, BM)
-        mmask = m < M
-        lo = tl.min(tl.load(lo_ptr + m, mask=mmask, other=NF), axis=0)
-        hi = tl.max(tl.load(hi_ptr + m, mask=mmask, other=0), axis=0)
-        acc = tl.zeros((BT, BM), dtype=tl.float32)
-        for k0 in range(lo, hi, BK):
-            k = k0 + tl.arange(0, BK)
-            kmask = k < hi
-            lmask = fmask[:, None] & kmask[None, :]
-            re = tl.load(spec_row + 2 * k[None, :], mask=lmask, other=0.0)
-            im = tl.load(spec_row + 2 * k[None, :] + 1, mask=lmask, other=0.0)
-            if HANN3:
-                km = k - 1
-                neg_m = km < 0  # X[-1] = conj X[1]
-                km = tl.where(neg_m, -km, km)
-                kp = k + 1
-                neg_p = kp >= NF  # X[k] = conj X[N - k] above N // 2
-                kp = tl.where(neg_p, NFFT - kp, kp)
-                re_m = tl.load(spec_row + 2 * km[None, :], mask=lmask, other=0.0)
-                im_m = tl.load(spec_row + 2 * km[None, :] + 1, mask=lmask, other=0.0)
-                re_p = tl.load(spec_row + 2 * kp[None, :], mask=lmask, other=0.0)
-                im_p = tl.load(spec_row + 2 * kp[None, :] + 1, mask=lmask, other=0.0)
-                im_m = tl.where(neg_m[None, :], -im_m, im_m)
-                im_p = tl.where(neg_p[None, :], -im_p, im_p)
-                re = 0.5 * re - 0.25 * (re_m + re_p)
-                im = 0.5 * im - 0.25 * (im_m + im_p)
-            s = (re * re + im * im) * scale
-            if POWER_MODE == 0:  # power 2
-                p = s
-            elif POWER_MODE == 1:  # power 1: magnitude
-                p = tl.sqrt(s)
-            else:  # |X|^power = s^(power / 2); s = 0 -> 0
-                pos = s > 0.0
-                p = tl.where(pos, tl.exp2(0.5 * power * tl.log2(tl.where(pos, s, 1.0))), 0.0)
-            p = tl.where(lmask, p, 0.0)
-            w = tl.load(
-                fb_ptr + k[:, None] * M + m[None, :],
-                mask=kmask[:, None] & mmask[None, :],
-                other=0.0,
-            )
-            acc += tl.dot(p, w, input_precision="ieee")
-        if LOG == 1:  # natural log, floor 1e-10
-            acc = tl.log(tl.maximum(acc, 1e-10))
-        elif LOG == 2:  # log1p, accurate for small x: log(u) * x / (u - 1), u = 1 + x
-            u = 1.0 + acc
-            tiny = u == 1.0
-            acc = tl.where(tiny, acc, tl.log(u) * (acc / tl.where(tiny, 1.0, u - 1.0)))
-        elif LOG == 3:  # dB: log_mult * log10(max(x, amin))
-            acc = tl.log2(tl.maximum(acc, 1e-10)) * (log_mult * 0.30102999566398120)
-        acc = tl.where(valid[:, None], acc, 0.0)
-        tl.store(out_base + (m * T)[None, :], acc, mask=keep[:, None] & mmask[None, :])
+    row = row0 + tl.program_id(0)
+    t = t_start + tl.program_id(1) * BT + tl.arange(0, BT)  # frames of this row
+    m = tl.program_id(2) * BM + tl.arange(0, BM)  # bands of this tile
+    fmask = t < t_end
+    mmask = m < M
+    flen = tl.load(flen_ptr + row)
+    row64 = row.to(tl.int64)
+    # frame t of row is flat frame row * R + t, spectrum row (row * R + t - j0) of the chunk
+    row_off = (row64 * R + t - j0) * (2 * NF)  # (BT,)
+    lo = tl.min(tl.load(lo_ptr + m, mask=mmask, other=NF), axis=0)
+    hi = tl.max(tl.load(hi_ptr + m, mask=mmask, other=0), axis=0)
+    acc = tl.zeros((BT, BM), dtype=tl.float32)
+    for k0 in range(lo, hi, BK):
+        k = k0 + tl.arange(0, BK)
+        kmask = k < hi
+        lmask = fmask[:, None] & kmask[None, :]
+        p = _power(spec_ptr, row_off, k, lmask, NF, NFFT, scale, power, HANN3, POWER_MODE, BK)
+        w = tl.load(
+            fb_ptr + k[:, None] * M + m[None, :], mask=kmask[:, None] & mmask[None, :], other=0.0
+        )
+        acc = tl.dot(p, w, acc, input_precision=PRECISION)
+    acc = _apply_log(acc, log_mult, LOG)
+    acc = tl.where((t < flen)[:, None], acc, 0.0)
+    # (N, M, T) output, frames contiguous: each band's BT frames are one coalesced segment
+    dst = out_ptr + row64 * M * T + m.to(tl.int64)[None, :] * T + t[:, None]
+    tl.store(dst, acc, mask=fmask[:, None] & mmask[None, :])
+
+
+def chunk_bytes(device: torch.device) -> int:
+    """Bytes of complex spectrum per FFT chunk on ``device`` (sized to stay in L2 on a GPU)."""
+    return tile_config("mel.power_mel", device)["chunk_bytes"]
 
 
 def pad_signal(
@@ -180,27 +191,23 @@ def pad_signal(
     pad: int,
     half: int,
     pad_mode: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (N, L) any float dtype/strides; row_lengths (N,) int32 → (buf (N·S,) fp32, flag (1,) int32)."""
+    check: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x (N, L) any float dtype/strides; row_lengths (N,) int32 -> (buf (N*S,) fp32, flags).
+
+    ``flags`` (int8, one per program, nonzero where a NaN/inf was read) when ``check``."""
     n_rows = x.shape[0]
-    buf = empty(n_rows * S, dtype=torch.float32, device=x.device)
-    flag = torch.zeros(1, dtype=torch.int32, device=x.device)
-    block = 16384 if triton_interpret() else 1024
+    cfg = tile_config("mel.pad", x.device)
+    block = pow2(S, 128, cfg["BLOCK"])
     grid = (n_rows, triton.cdiv(S, block))
-    _pad_kernel[grid](
-        x,
-        x.stride(0),
-        x.stride(1),
-        row_lengths,
-        buf,
-        flag,
-        S,
-        pad,
-        half,
-        MODE=PAD_MODES[pad_mode],
+    buf = empty(n_rows * S, dtype=torch.float32, device=x.device)
+    flags = empty(grid[0] * grid[1] if check else 1, dtype=torch.int8, device=x.device)
+    launch(
+        _pad_kernel, grid, x, x.stride(0), x.stride(1), row_lengths, buf, flags, S, pad, half,
+        num_warps=cfg["num_warps"], num_stages=1, MODE=PAD_MODES[pad_mode], CHECK=check,
         BLOCK=block,
-    )
-    return buf, flag
+    )  # fmt: skip
+    return buf, (flags if check else None)
 
 
 def power_mel(
@@ -211,6 +218,8 @@ def power_mel(
     frame_lengths: torch.Tensor,
     out: torch.Tensor,
     *,
+    rows: tuple[int, int],
+    frames: tuple[int, int],
     j0: int,
     R: int,
     n_fft: int,
@@ -220,41 +229,21 @@ def power_mel(
     log_mult: float,
     hann3: bool,
 ) -> None:
-    """spec (F, NF, 2) fp32 contiguous (a chunk of flat frames starting at ``j0``) → out (N, M, T)."""
-    n_frames, nf, _ = spec.shape
+    """spec (F, NF, 2) fp32 contiguous, the chunk of flat frames from ``j0`` -> ``out`` (N, M, T)
+    for rows ``[rows[0], rows[1])`` and, in each, frames ``[frames[0], frames[1])``."""
+    nf = spec.shape[1]
     m = fb.shape[1]
     t_out = out.shape[-1]
+    t0, t1 = frames
+    cfg = tile_config("mel.power_mel", spec.device)
+    bt = pow2(t1 - t0, 16, cfg["BT"])
+    bm = pow2(m, 16, cfg["BM"])
     power_mode = 0 if power == 2.0 else (1 if power == 1.0 else 2)
-    if triton_interpret():  # few, large programs: the interpreter pays per op, not per element
-        bt, bk, bm, warps, stages = 128, 256, min(128, triton.next_power_of_2(m)), 4, 1
-    else:
-        # Untuned (no GPU yet). Compiled for sm_90: 58 KiB shared memory with 2 stages (the six
-        # (BT, BK) loads of the 3-tap are staged), 108 KiB with the default 3.
-        bt, bk, bm, warps, stages = 64, 32, 16, 4, 2
-    grid = (triton.cdiv(n_frames, bt),)
-    _power_mel_kernel[grid](
-        spec,
-        fb,
-        band_lo,
-        band_hi,
-        frame_lengths,
-        out,
-        j0,
-        n_frames,
-        R,
-        t_out,
-        nf,
-        n_fft,
-        m,
-        scale,
-        power,
-        log_mult,
-        HANN3=hann3,
-        POWER_MODE=power_mode,
-        LOG=LOG_MODES[log],
-        BT=bt,
-        BK=bk,
+    grid = (rows[1] - rows[0], triton.cdiv(t1 - t0, bt), triton.cdiv(m, bm))
+    launch(
+        _power_mel_kernel, grid, spec, fb, band_lo, band_hi, frame_lengths, out, rows[0], t0, t1,
+        j0, R, t_out, nf, n_fft, m, scale, power, log_mult,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], HANN3=hann3,
+        POWER_MODE=power_mode, LOG=LOG_MODES[log], PRECISION=DOT_PRECISION, BT=bt, BK=cfg["BK"],
         BM=bm,
-        num_warps=warps,
-        num_stages=stages,
-    )
+    )  # fmt: skip

@@ -6,54 +6,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.mel import _D, _run, filterbank, resolve_config, window
+from ..ops.mel import MelConfig, mel_config, mel_filterbank, mel_spectrogram, mel_window
 
 __all__ = ["MelSpectrogram"]
 
 
 class MelSpectrogram(nn.Module):
-    """``torchaudio.transforms.MelSpectrogram`` arguments, plus ``log``, ``top_db`` and ``preset``.
+    """``MelSpectrogram(config=None, **overrides)``: a :class:`~muse_fast.ops.MelConfig`, a
+    preset name or None (torchaudio's defaults), with torchaudio's keyword arguments (plus
+    ``log``, ``top_db``) as overrides; ``preset=`` is the deprecated spelling of ``config``.
 
-    The hann window and the filterbank (and its per-band bin ranges) are non-persistent buffers:
-    they follow ``.to(device)`` and stay out of ``state_dict`` (they are a function of the
-    arguments). ``forward(waveform, lengths=None)`` returns the mel (..., n_mels, frames), or
-    ``(mel, frame_lengths)`` when ``lengths`` is given — see :func:`muse_fast.ops.mel_spectrogram`.
+    ``window`` and ``fb`` (the hann window and the filterbank the op uses, for inspection and
+    export) are non-persistent buffers: they follow ``.to(device)`` and stay out of
+    ``state_dict`` (they are a function of the configuration). ``forward(waveform,
+    lengths=None)`` returns the mel (..., n_mels, frames), or ``(mel, frame_lengths)`` when
+    ``lengths`` is given — see :func:`muse_fast.ops.mel_spectrogram`.
     """
 
     def __init__(
-        self,
-        sample_rate: int = _D["sample_rate"],
-        n_fft: int = _D["n_fft"],
-        win_length: int | None = _D["win_length"],
-        hop_length: int | None = _D["hop_length"],
-        f_min: float = _D["f_min"],
-        f_max: float | None = _D["f_max"],
-        pad: int = _D["pad"],
-        n_mels: int = _D["n_mels"],
-        power: float = _D["power"],
-        normalized: bool | str = _D["normalized"],
-        center: bool = _D["center"],
-        pad_mode: str = _D["pad_mode"],
-        mel_scale: str = _D["mel_scale"],
-        norm: str | None = _D["norm"],
-        *,
-        log: str | None = _D["log"],
-        top_db: float | None = _D["top_db"],
-        preset: str | None = None,
+        self, config: MelConfig | str | None = None, *, preset: str | None = None, **overrides
     ) -> None:
         super().__init__()
-        self.config = resolve_config(
-            preset,
-            sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
-            f_min=f_min, f_max=f_max, pad=pad, n_mels=n_mels, power=power, normalized=normalized,
-            center=center, pad_mode=pad_mode, mel_scale=mel_scale, norm=norm, log=log,
-            top_db=top_db,
-        )  # fmt: skip
-        fb, lo, hi = filterbank(self.config)
-        self.register_buffer("window", window(self.config).clone(), persistent=False)
-        self.register_buffer("fb", fb.clone(), persistent=False)
-        self.register_buffer("band_lo", lo.clone(), persistent=False)
-        self.register_buffer("band_hi", hi.clone(), persistent=False)
+        if preset is not None:  # the deprecation warning comes from the op's own shim
+            config = _preset_config(config, preset)
+        self.config = mel_config(config, **overrides)
+        self.register_buffer("window", mel_window(self.config).clone(), persistent=False)
+        self.register_buffer("fb", mel_filterbank(self.config)[0].clone(), persistent=False)
 
     def _apply(self, fn, recurse=True):
         # .half() / .to(dtype) would round the filterbank and window: rebuild them in float32
@@ -61,16 +39,16 @@ class MelSpectrogram(nn.Module):
         super()._apply(fn, recurse)
         dev = self.fb.device
         if self.fb.dtype != torch.float32:
-            self.fb = filterbank(self.config, dev)[0].clone()
+            self.fb = mel_filterbank(self.config, dev)[0].clone()
         if self.window.dtype != torch.float32:
-            self.window = window(self.config, dev).clone()
+            self.window = mel_window(self.config, dev).clone()
         return self
 
     # torchaudio-style attributes
     sample_rate = property(lambda self: self.config.sample_rate)
     n_fft = property(lambda self: self.config.n_fft)
-    win_length = property(lambda self: self.config.win_length)
-    hop_length = property(lambda self: self.config.hop_length)
+    win_length = property(lambda self: self.config.resolved().win_length)
+    hop_length = property(lambda self: self.config.resolved().hop_length)
     n_mels = property(lambda self: self.config.n_mels)
 
     def num_frames(self, num_samples: int) -> int:
@@ -80,21 +58,26 @@ class MelSpectrogram(nn.Module):
     def forward(
         self, waveform: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        return _run(
-            waveform,
-            lengths,
-            self.config,
-            self.window,
-            self.fb,
-            self.band_lo,
-            self.band_hi,
-        )
+        return mel_spectrogram(waveform, self.config, lengths=lengths)
 
     def extra_repr(self) -> str:
-        c = self.config
+        c = self.config.resolved()
         return (
             f"sample_rate={c.sample_rate}, n_fft={c.n_fft}, win_length={c.win_length}, "
             f"hop_length={c.hop_length}, n_mels={c.n_mels}, f_min={c.f_min}, f_max={c.f_max}, "
             f"power={c.power}, mel_scale={c.mel_scale!r}, norm={c.norm!r}, log={c.log!r}, "
             f"top_db={c.top_db}"
         )
+
+
+def _preset_config(config: MelConfig | str | None, preset: str) -> str:
+    import warnings
+
+    warnings.warn(
+        f"MelSpectrogram(preset=...) is deprecated; pass MelSpectrogram({preset!r})",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if config is not None:
+        raise TypeError("preset: pass either config or preset, not both")
+    return preset
