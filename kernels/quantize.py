@@ -1,47 +1,25 @@
 """Triton kernel for the BEST-RQ random-projection quantizer (muse_fast.ops.quantize).
 
-One program takes ``BLOCK_N`` rows of ``x`` and one codebook ``g``:
+One program takes ``BLOCK_N`` rows of ``x`` (a (B, T, d) view of any strides, read in place)
+and one codebook ``g``:
 
-1. ``y = x A_g`` — the x tile (BLOCK_N, d) is loaded in chunks of ``BLOCK_D`` columns (bf16 / fp16
-   upcast to fp32) and accumulated in fp32 with ``tl.dot``;
+1. ``y = x A_g`` — x tiles (BLOCK_N, BLOCK_D) (bf16 / fp16 upcast to fp32) accumulated in fp32
+   with ``tl.dot``;
 2. ``y / max(||y||, 1e-12)`` (``torch.nn.functional.normalize``);
-3. the pre-normalized codebook ``C^_g`` (normalized once on the host: n x h is cheap) is walked in
-   tiles of ``BLOCK_C`` codes; each tile's scores (BLOCK_N, BLOCK_C) live only in registers;
-4. a running arg-max: within a tile the lowest index among the maximal scores; across tiles a
-   later tile replaces the running best only when strictly greater. Ties therefore go to the
-   lowest index across tiles as well as within, as ``torch.argmin`` / ``argmax`` do. A zero row
+3. the pre-normalized codebook ``C^_g`` is walked in tiles of ``BLOCK_C`` codes; each tile's
+   scores ``<y, C^_i>`` (BLOCK_N, BLOCK_C) live only in registers and update a running
+   arg-max per (row, lane) — one compare and two selects per score;
+4. after the last tile, one reduction across lanes: the lowest code index among the row's
+   maximal scores (ties go to the lowest index, as ``torch.argmin`` / ``argmax``). A zero row
    scores 0 everywhere and returns 0.
 
-Nothing of size N x n is ever written. Row offsets are int64 (N d may exceed 2^31), and rows are
-launched in chunks of at most ``MAX_GRID_ROWS`` programs (``_launch`` loops), so any N fits the
-grid limits.
+Memory traffic: x is read once (N d elements), A_g and C^_g once per program (from L2), the
+N x G int64 codes written once; nothing of size N x n exists. Row offsets are int64, and rows
+are launched in ranges of at most ``MAX_GRID_ROWS`` programs, so any N fits the grid limits.
 
-Matmul precision (``DOT_PRECISION``). The arg-max is sensitive to rounding: two codes whose
-scores differ by less than the dot's error may swap. Emulating tensor-core TF32 on the CPU at
-d = 512, n = 8192, h = 16, xavier A, standard-normal x (20 000 rows, against float64):
-
-=====================================  ===============  ===============
-dot precision                          rows flipped     max score loss
-=====================================  ===============  ===============
-ieee fp32                              0 %              0
-tf32 (round-to-nearest), both dots     0.12 %           2.9e-4
-tf32 (truncation), both dots           0.18 %           3.6e-4
-tf32 for the codebook dot only         0.085 %          2.8e-4
-tf32x3 (3 TF32 MMAs, split hi/lo)      0 %              0
-=====================================  ===============  ===============
-
-(the median gap between the two best scores is 0.023; 2.8 % of rows have a gap below 1e-3).
-Plain TF32 would change about one token in 800 relative to the fp32 reference, so the default is
-``"tf32x3"``: near-fp32 agreement on tensor cores, about 3x the MMA work of TF32 and still far
-cheaper than the CUDA-core ``"ieee"`` path. On ROCm, where tf32x3 is unavailable, ``"ieee"`` is
-used. Under ``TRITON_INTERPRET=1`` every precision computes in full fp32 (numpy), so the table
-above comes from a CPU emulation of TF32 rounding
-(``benchmarks/test_bench_quantize.py::test_bench_tf32_emulated_agreement``); on a GPU,
-``test_bench_dot_precision_gpu`` times tf32 / ieee against the default and measures the same
-agreement with the real kernel (not measured yet: no GPU was available).
-
-Block sizes on CUDA (128 rows x 128 codes x 64 columns of d, 8 warps, 2 stages) compile for
-sm_90 without spills (226-254 registers/thread) but are not tuned on hardware yet.
+Dot precision: ``DOT_PRECISION = "tf32x3"`` (three TF32 MMAs, split hi/lo) agrees with fp32 on
+the arg-max where plain TF32 flips about one code in 800 (docs/design.md, "Quantizer"); ROCm,
+which lacks tf32x3, uses ``"ieee"``. Under ``TRITON_INTERPRET=1`` every precision is fp32.
 """
 
 from __future__ import annotations
@@ -59,16 +37,48 @@ _BIG_INDEX: tl.constexpr = tl.constexpr(2147483647)  # globals in @jit code must
 
 
 @triton.jit
+def _score_tile(
+    y,
+    c_g,
+    c0,
+    NC,
+    stride_cn,
+    H,
+    best,
+    best_tile,
+    BLOCK_H: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    MASKED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Scores of codes c0 .. c0 + BLOCK_C against y; update each (row, lane)'s best."""
+    cc = c0 + tl.arange(0, BLOCK_C)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask = offs_h[None, :] < H
+    if MASKED:
+        mask = mask & (cc[:, None] < NC)
+    ct = tl.load(c_g + cc[:, None].to(tl.int64) * stride_cn + offs_h[None, :], mask=mask, other=0.0)
+    s = tl.dot(y, tl.trans(ct), input_precision=PRECISION)
+    better = s > best
+    if MASKED:
+        better = better & (cc[None, :] < NC)
+    return tl.where(better, s, best), tl.where(better, c0, best_tile)
+
+
+@triton.jit
 def _rpq_fwd_kernel(
     x_ptr,
     a_ptr,
     c_ptr,
     out_ptr,
+    row_start,
     N,
+    T,
     D,
     H,
     NC,
-    stride_xn,
+    stride_xb,
+    stride_xt,
     stride_xd,
     stride_ag,
     stride_ad,
@@ -83,9 +93,11 @@ def _rpq_fwd_kernel(
 ):
     pid_n = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    rows = offs_n.to(tl.int64)
+    rows = row_start + pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = rows < N
+    # row r of the (N, d) view is x[r // T, r % T]: a (B, T, d) view of any strides, so the
+    # model's transposed frames are read in place instead of being copied by a reshape
+    x_rows = (rows // T) * stride_xb + (rows % T) * stride_xt
     offs_h = tl.arange(0, BLOCK_H)
     mask_h = offs_h < H
     offs_d = tl.arange(0, BLOCK_D)
@@ -96,7 +108,7 @@ def _rpq_fwd_kernel(
         dd = d0 + offs_d
         mask_d = dd < D
         xt = tl.load(
-            x_ptr + rows[:, None] * stride_xn + dd[None, :].to(tl.int64) * stride_xd,
+            x_ptr + x_rows[:, None] + dd[None, :].to(tl.int64) * stride_xd,
             mask=mask_n[:, None] & mask_d[None, :],
             other=0.0,
         ).to(tl.float32)
@@ -111,26 +123,29 @@ def _rpq_fwd_kernel(
     norm = tl.sqrt(tl.sum(y * y, axis=1))
     y = y / tl.maximum(norm, 1e-12)[:, None]
 
-    # 3-4. scores against codebook tiles, running arg-max (lowest index on ties)
-    best = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
-    best_idx = tl.zeros((BLOCK_N,), dtype=tl.int32)
-    offs_c = tl.arange(0, BLOCK_C)
-    for c0 in range(0, NC, BLOCK_C):
-        cc = c0 + offs_c
-        mask_c = cc < NC
-        ct = tl.load(
-            c_ptr + g * stride_cg + cc[:, None].to(tl.int64) * stride_cn + offs_h[None, :],
-            mask=mask_c[:, None] & mask_h[None, :],
-            other=0.0,
+    # 3. scores against codebook tiles with a running arg-max per (row, lane): lane j sees
+    # codes j, j + BLOCK_C, ... in increasing order, so a strict ">" keeps each lane's lowest
+    # index among its maxima; a lane remembers the tile base (a scalar), not the code index.
+    # Full tiles need no code mask; only the last, partial tile is masked.
+    best = tl.full((BLOCK_N, BLOCK_C), float("-inf"), dtype=tl.float32)
+    best_tile = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.int32)
+    c_g = c_ptr + g * stride_cg
+    nc_full = (NC // BLOCK_C) * BLOCK_C
+    for c0 in range(0, nc_full, BLOCK_C):
+        best, best_tile = _score_tile(
+            y, c_g, c0, NC, stride_cn, H, best, best_tile, BLOCK_H, BLOCK_C, False, PRECISION
         )
-        s = tl.dot(y, tl.trans(ct), input_precision=PRECISION)
-        s = tl.where(mask_c[None, :], s, float("-inf"))
-        tile_best = tl.max(s, axis=1)
-        tile_idx = tl.min(tl.where(s == tile_best[:, None], cc[None, :], _BIG_INDEX), axis=1)
-        better = tile_best > best
-        best = tl.where(better, tile_best, best)
-        best_idx = tl.where(better, tile_idx, best_idx)
-    tl.store(out_ptr + rows * stride_on + g, best_idx.to(tl.int64), mask=mask_n)
+    if nc_full < NC:
+        best, best_tile = _score_tile(
+            y, c_g, nc_full, NC, stride_cn, H, best, best_tile, BLOCK_H, BLOCK_C, True, PRECISION
+        )
+
+    # 4. one reduction across lanes: the lowest index among the row's maxima (ties go to the
+    # lowest index, as torch.argmin / argmax); a zero row scores 0 everywhere and returns 0
+    row_best = tl.max(best, axis=1)
+    code = best_tile + tl.arange(0, BLOCK_C)[None, :]
+    idx = tl.min(tl.where(best == row_best[:, None], code, _BIG_INDEX), axis=1)
+    tl.store(out_ptr + rows * stride_on + g, idx.to(tl.int64), mask=mask_n)
 
 
 def default_precision(device: torch.device) -> str:
@@ -150,13 +165,16 @@ def rpq_forward(
     block_d: int | None = None,
     input_precision: str | None = None,
 ) -> torch.Tensor:
-    """Fill ``out`` (N, G) int64 with the codes of ``x`` (N, d; any strides; fp32/bf16/fp16).
+    """Fill ``out`` (N, G) int64 with the codes of the rows of ``x``: (N, d) or (B, T, d) with
+    N = B T, any strides (read in place), fp32/bf16/fp16.
 
     ``projection`` (G, d, h) and ``codebook_normalized`` (G, n, h) are float32 with a contiguous
     last dimension; the codebook rows must already be unit-norm. ``block_*`` override the tile
     sizes (powers of two >= 16; tests use small ones), ``input_precision`` the dot precision.
     """
-    n_rows, d = x.shape
+    x3 = x if x.dim() == 3 else x.unsqueeze(0)  # (B, T, d)
+    _, t_len, d = x3.shape
+    n_rows = out.shape[0]
     g_count, _, h = projection.shape
     n_codes = codebook_normalized.shape[1]
     if n_rows == 0:
@@ -165,34 +183,32 @@ def rpq_forward(
     bn = block_n or pow2(n_rows, 16, cfg["BLOCK_N"])
     bc = block_c or pow2(n_codes, 16, cfg["BLOCK_C"])
     bd = block_d or pow2(d, 16, cfg["BLOCK_D"])
-    bh = pow2(h, 16)
     precision = input_precision or default_precision(x.device)
-    rows_per_launch = MAX_GRID_ROWS * bn
+    rows_per_launch = MAX_GRID_ROWS * bn  # grid limit on axis 0: launch row ranges in turn
     for start in range(0, n_rows, rows_per_launch):
-        stop = min(n_rows, start + rows_per_launch)
-        xs, os_ = x[start:stop], out[start:stop]
-        grid = (triton.cdiv(stop - start, bn), g_count)
+        grid = (triton.cdiv(min(n_rows - start, rows_per_launch), bn), g_count)
         launch(
             _rpq_fwd_kernel,
             grid,
-            xs,
+            x3,
             projection,
             codebook_normalized,
-            os_,
-            stop - start,
+            out,
+            start,
+            n_rows,
+            t_len,
             d,
             h,
             n_codes,
-            xs.stride(0),
-            xs.stride(1),
+            *x3.stride(),
             projection.stride(0),
             projection.stride(1),
             codebook_normalized.stride(0),
             codebook_normalized.stride(1),
-            os_.stride(0),
+            out.stride(0),
             BLOCK_N=bn,
             BLOCK_D=bd,
-            BLOCK_H=bh,
+            BLOCK_H=pow2(h, 16),
             BLOCK_C=bc,
             PRECISION=precision,
             num_warps=cfg["num_warps"],

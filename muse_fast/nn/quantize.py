@@ -1,4 +1,4 @@
-"""``RandomProjectionQuantizer``: the frozen BEST-RQ / MusicFM tokenizer (SPEC §1.2, §2)."""
+"""``RandomProjectionQuantizer``: the frozen BEST-RQ / MusicFM tokenizer (docs/design.md, "Quantizer")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""BEST-RQ random-projection quantizer (SPEC §1.2): frames → code indices, fused.
+"""BEST-RQ random-projection quantizer (docs/design.md, "Quantizer"): frames → code indices, fused.
 
 ``random_projection_quantize(x, projection, codebook)`` maps each row of ``x`` (..., d) to
 
@@ -6,7 +6,10 @@
 
 which equals ``argmax_i <C^_i, x A>`` (both sides unit-norm; the positive factor ``1/||x A||`` does
 not move the arg-max). Code words must be non-zero (``C_i/||C_i||`` is undefined otherwise, and a
-zero word would break that equivalence): the op rejects them. Ties go to the lowest index (``torch.argmin``); a row with ``x A = 0``
+zero word would break that equivalence): the op rejects them, as it rejects non-finite weights.
+These value checks need the data (a host sync on GPU), so they run once per version of the
+projection / codebook tensors (in-place writes bump the version), together with the float32 copy
+and the normalization of the codebook that the kernels use, cached for the next calls. Ties go to the lowest index (``torch.argmin``); a row with ``x A = 0``
 returns 0. With a projection (G, d, h) and codebook (G, n, h) — ``num_codebooks = G`` — the
 output gets a trailing axis of size G.
 
@@ -24,6 +27,9 @@ autograd formula; gradients never flow through it.
 """
 
 from __future__ import annotations
+
+import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -99,15 +105,62 @@ def random_projection_quantize_reference(
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
+def _key(t: torch.Tensor) -> tuple:
+    # _version moves on every in-place write, so a cached copy is never stale for its key
+    return (t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype, t.device)
+
+
+# (projection key, codebook key) -> [projection, codebook, proj fp32, normalized codebook,
+# validated]. The source tensors are held so their memory (hence the key) cannot be reused.
+_PREPARED: OrderedDict[tuple, list] = OrderedDict()
+_PREPARED_MAX = 8
+
+
+def _prepare(
+    projection: torch.Tensor, codebook: torch.Tensor, *, validate: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(projection (G, d, h) fp32 contiguous, normalized codebook (G, n, h) fp32), computed and
+    (``validate``) checked once per version of the weights: no per-call host sync, no
+    per-call re-normalization of the n x h codebook."""
+    try:
+        key = None if projection.device.type == "meta" else (_key(projection), _key(codebook))
+    except RuntimeError:  # inference-mode tensors have no version counter: no caching
+        key = None
+    entry = _PREPARED.get(key) if key is not None else None
+    if entry is None:
+        proj, cb, _ = _as_groups(projection, codebook)
+        # the same normalization as the reference, so both score against identical code words
+        chat = F.normalize(cb.to(torch.float32), dim=-1, eps=_NORM_EPS).contiguous()
+        entry = [projection, codebook, proj.to(torch.float32).contiguous(), chat, False]
+        if key is not None:
+            _PREPARED[key] = entry
+            if len(_PREPARED) > _PREPARED_MAX:
+                _PREPARED.popitem(last=False)
+    elif key is not None:
+        _PREPARED.move_to_end(key)
+    if validate and not entry[4]:
+        _check_values(projection, codebook)
+        entry[4] = True
+    return entry[2], entry[3]
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x (..., d) as (B, T, d) without copying where the leading dims allow it (the model's
+    transposed frames (B, T, d) with stride 1 along T stay as they are)."""
+    if x.dim() == 1:
+        return x.view(1, 1, -1)
+    try:
+        return x.view(-1, x.shape[-2], x.shape[-1])  # (B, T, d)
+    except RuntimeError:  # leading dims not mergeable: one copy
+        return x.reshape(1, -1, x.shape[-1])
+
+
 def _kernel_inputs(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor):
-    """(x2d, projection (G, d, h) fp32, normalized codebook (G, n, h) fp32, out (N, G) int64)."""
-    proj, cb, _ = _as_groups(projection, codebook)
-    proj = proj.to(torch.float32).contiguous()
-    # the same normalization as the reference, so both score against identical code words
-    chat = F.normalize(cb.to(torch.float32), dim=-1, eps=_NORM_EPS).contiguous()
-    x2 = x.reshape(-1, proj.shape[1])
-    out = empty(x2.shape[0], proj.shape[0], dtype=torch.long, device=x.device)
-    return x2, proj, chat, out
+    """(x (B, T, d) view, projection (G, d, h) fp32, normalized codebook, out (N, G) int64)."""
+    proj, chat = _prepare(projection, codebook)
+    n_rows = math.prod(x.shape[:-1])
+    out = empty(n_rows, proj.shape[0], dtype=torch.long, device=x.device)
+    return _rows(x), proj, chat, out
 
 
 def _finish(out: torch.Tensor, x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
@@ -133,15 +186,16 @@ def _triton_check(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Ten
 def _rpq_triton(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     from ..kernels import quantize as K
 
-    x2, proj, chat, out = _kernel_inputs(x, projection, codebook)
-    K.rpq_forward(x2, proj, chat, out)
+    x3, proj, chat, out = _kernel_inputs(x, projection, codebook)
+    K.rpq_forward(x3, proj, chat, out)
     return _finish(out, x, projection)
 
 
 def _rpq_cpu(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     from .._ext import dtype_name, ext, ptr
 
-    x2, proj, chat, out = _kernel_inputs(x, projection, codebook)
+    x3, proj, chat, out = _kernel_inputs(x, projection, codebook)
+    x2 = x3.reshape(-1, x3.shape[-1])  # (N, d): the C++ kernel takes one row stride
     n_rows, d = x2.shape
     ext().rpq_forward(
         ptr(x2) if n_rows else 0,
@@ -171,8 +225,9 @@ def _fake(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> 
 
 
 def _check_values(projection: torch.Tensor, codebook: torch.Tensor) -> None:
-    """Data-dependent checks on the d x h and n x h weights (cheap; one host sync on GPU). They
-    run inside the custom op, so they also run, eagerly, under torch.compile."""
+    """Data-dependent checks on the d x h and n x h weights (one host sync on GPU). Run by
+    :func:`_prepare` once per version of the weights, inside the custom op (so eagerly under
+    torch.compile too), not on every call."""
     finite_p = torch.isfinite(projection).all()
     finite_c = torch.isfinite(codebook).all()
     norms = torch.linalg.vector_norm(codebook.double(), dim=-1)
@@ -197,14 +252,14 @@ _RPQ = declare(
     checks={"triton": _triton_check, "cpu": _kernel_check},
     example_inputs=_example_inputs,
     fake=_fake,
-    validate=lambda x, projection, codebook: _check_values(projection, codebook),
+    validate=lambda x, projection, codebook: _prepare(projection, codebook, validate=True),
 )
 
 
 def random_projection_quantize(
     x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor
 ) -> torch.Tensor:
-    """Code index of each row of ``x`` (SPEC §1.2), without materializing N x n scores.
+    """Code index of each row of ``x``, without materializing N x n scores.
 
     Args:
         x: (..., d) float32 / bfloat16 / float16 (float64 runs on the reference); any strides.

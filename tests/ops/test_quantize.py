@@ -241,8 +241,42 @@ def test_triton_more_rows_than_one_grid(monkeypatch):
     proj = a.contiguous()
     chat = F.normalize(c, dim=-1).contiguous()
     out = torch.full((103, 2), -7, dtype=torch.long, device=device)
-    K.rpq_forward(x, proj, chat, out, block_n=16, block_c=16, block_d=16)
+    K.rpq_forward(x, proj, chat, out, block_n=16, block_c=16, block_d=16)  # (N, d) rows
     _assert_codes_match(out.cpu(), random_projection_quantize_reference(x, a, c).cpu(), x, a, c)
+
+
+@pytest.mark.parametrize("lead,d,n,h", [((2, 65), 70, 300, 12), ((1,), 1, 1, 1)], ids=str)
+def test_triton_cuda_tiles(lead, d, n, h):
+    """The CUDA tile configuration (128 rows x 128 codes x 64 of d, full code tiles plus a
+    masked tail, several d chunks) under the interpreter, on transposed (B, T, d) frames read
+    through their strides."""
+    from muse_fast.kernels._utils import tiles
+
+    x, a, c = _inputs(lead, d, n, h)
+    frames = x.transpose(-1, -2).contiguous().transpose(-1, -2) if len(lead) == 2 else x
+    with muse_fast.backend("triton"), tiles("cuda"):
+        out = random_projection_quantize(frames, a, c)
+    _assert_codes_match(out, random_projection_quantize_reference(x, a, c), x, a, c)
+
+
+def test_weights_are_prepared_and_checked_once_per_version(monkeypatch):
+    """No host sync per call: the value checks and the codebook normalization run when the
+    weights are new or were written in place, not on every call."""
+    x, a, c = _inputs((9,), 12, 40, 8)
+    calls = []
+    check = Q._check_values
+    monkeypatch.setattr(Q, "_check_values", lambda p, cb: calls.append(1) or check(p, cb))
+    first = random_projection_quantize(x, a, c)
+    assert torch.equal(random_projection_quantize(x, a, c), first)
+    assert len(calls) == 1
+    c.mul_(-1.0)  # in place: a new version, re-normalized and re-checked
+    assert torch.equal(
+        random_projection_quantize(x, a, c), random_projection_quantize_reference(x, a, c)
+    )
+    assert len(calls) == 2
+    c[3] = 0.0
+    with pytest.raises(ValueError, match="codebook"):
+        random_projection_quantize(x, a, c)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,12 +354,12 @@ from muse_fast.kernels import quantize as K
 sig = {
     **dict.fromkeys(["x_ptr", "a_ptr", "c_ptr"], "*fp32"),
     "out_ptr": "*i64",
-    **dict.fromkeys(["N", "D", "H", "NC", "stride_xd", "stride_ag", "stride_ad"], "i32"),
-    **dict.fromkeys(["stride_xn", "stride_cg", "stride_cn", "stride_on"], "i64"),
+    **dict.fromkeys(["T", "D", "H", "NC", "stride_xt", "stride_xd", "stride_ag", "stride_ad"], "i32"),
+    **dict.fromkeys(["row_start", "N", "stride_xb", "stride_cg", "stride_cn", "stride_on"], "i64"),
     **dict.fromkeys(["BLOCK_N", "BLOCK_D", "BLOCK_H", "BLOCK_C", "PRECISION"], "constexpr"),
 }
 sig["x_ptr"] = "*bf16"
-consts = {"BLOCK_N": 128, "BLOCK_D": 64, "BLOCK_H": 16, "BLOCK_C": 128, "PRECISION": K.DOT_PRECISION}
+consts = {"BLOCK_N": 128, "BLOCK_D": 64, "BLOCK_H": 16, "BLOCK_C": 64, "PRECISION": K.DOT_PRECISION}
 k = triton.compile(ASTSource(K._rpq_fwd_kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
                    options={"num_warps": 8, "num_stages": 2})
 print("WGMMA", k.asm["ptx"].count("wgmma.mma_async"))
