@@ -95,6 +95,30 @@ def tiles(mode: str) -> Iterator[None]:
 # upper bounds that launchers shrink to the problem; num_warps / num_stages are used as they are.
 TILES: dict[str, dict[str, dict[str, int]]] = {
     # -- mel
+    "mel.pad": {
+        "cuda": {"BLOCK": 2048, "num_warps": 4},
+        "interpreter": {"BLOCK": 16384, "num_warps": 4},
+    },
+    # chunk_bytes: complex spectrum per FFT chunk; on CUDA it stays in L2 (50 MiB on H100/H200)
+    # between cuFFT's write and the power/mel kernel's read.
+    "mel.power_mel": {
+        "cuda": {
+            "BT": 64,
+            "BK": 32,
+            "BM": 16,
+            "num_warps": 4,
+            "num_stages": 2,
+            "chunk_bytes": 24 << 20,
+        },
+        "interpreter": {
+            "BT": 128,
+            "BK": 256,
+            "BM": 128,
+            "num_warps": 4,
+            "num_stages": 1,
+            "chunk_bytes": 16 << 20,
+        },
+    },
     # -- quantize
     "quantize.rpq_fwd": {
         "cuda": {"BLOCK_N": 128, "BLOCK_C": 64, "BLOCK_D": 64, "num_warps": 8, "num_stages": 2},
