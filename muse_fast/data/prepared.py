@@ -48,6 +48,7 @@ class PreparedCorpus:
         if verify not in ("fast", "full", "none"):
             raise ValueError(f"verify: expected 'fast', 'full' or 'none', got {verify!r}")
         self.path = Path(path)
+        self.threads = 0  # copy threads of the gather kernel; 0: the OpenMP default
         m = read_manifest(self.path)
         if not m.get("complete"):
             raise CorpusError(
@@ -145,7 +146,7 @@ class PreparedCorpus:
         if C is not None and hasattr(C, "gather_crops_i16"):
             C.gather_crops_i16(self._shard_ptrs.ctypes.data, self._shard_sizes.ctypes.data,
                                len(self._shards), shard.ctypes.data, offs.ctypes.data,
-                               shard.size, int(length), out.data_ptr())  # fmt: skip
+                               shard.size, int(length), out.data_ptr(), self.threads)  # fmt: skip
         else:
             flat = out.numpy().reshape(-1, length)
             for k, s in enumerate(self._shards):
