@@ -1,4 +1,4 @@
-"""``SummaryMixing``: the linear-time replacement of self-attention (SPEC §1.5).
+"""``SummaryMixing``, the linear-time replacement of self-attention (docs/design.md)."""
 
 Parcollet et al., "SummaryMixing: a linear-complexity alternative to self-attention" (2023);
 public implementation SpeechBrain ``speechbrain/nnet/summary_mixing.py``. The mixing step runs
@@ -86,7 +86,7 @@ class _HeadMLP(nn.Module):
 
 
 class SummaryMixing(nn.Module):
-    """SummaryMixing (SPEC §1.5): ``y_t = GELU(W_c · dropout([f(x_t) ; s̄]) + b_c)``, 0 at padding.
+    """SummaryMixing: ``y_t = GELU(W_c · dropout([f(x_t) ; s̄]) + b_c)``, 0 at padding.
 
     ``f`` (local) and ``s`` (summary) are MLPs of Linear layers with a GELU after every layer
     (block-diagonal per head when ``nhead > 1``); ``s̄ = Σ_t m_t s(x_t) / Σ_t m_t`` is the mean of
@@ -114,7 +114,7 @@ class SummaryMixing(nn.Module):
     output 0 and cannot influence valid ones; a row with no valid frame outputs 0.
 
     Differences from SpeechBrain's module, on purpose: output width is always ``d_model``; no
-    LayerNorm on ``f`` and ``s̄`` (SPEC §1.5 has none; newer SpeechBrain versions add
+    LayerNorm on ``f`` and ``s̄`` (the paper has none; newer SpeechBrain versions add
     ``local_norm``/``summary_norm``); dropout placement as above; outputs are zeroed at padded
     frames; a row with no valid frame gives 0 instead of NaN.
     """
