@@ -1,4 +1,4 @@
-"""``SummaryMixing``, the linear-time replacement of self-attention (docs/design.md)."""
+"""``SummaryMixing``, the linear-time replacement of self-attention (docs/design.md).
 
 Parcollet et al., "SummaryMixing: a linear-complexity alternative to self-attention" (2023);
 public implementation SpeechBrain ``speechbrain/nnet/summary_mixing.py``. The mixing step runs
