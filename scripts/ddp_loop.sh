@@ -7,6 +7,7 @@
 set -u
 N="${1:-30}"
 LOG_DIR="${LOG_DIR:-$(mktemp -d -t ddp_loop.XXXXXX)}"
+mkdir -p "$LOG_DIR"
 TEST="tests/train/test_ddp.py::test_two_process_gloo_ddp"
 cd "$(dirname "$0")/.."
 pass=0

@@ -277,3 +277,32 @@ def test_crop_batches_ranks_disjoint_and_resumable(tmp_path):
         resumed.close()
     assert torch.equal(again["audio"], later[1]["audio"])
     assert torch.equal(again["index"], later[1]["index"])
+
+
+_FULL_DISK = """
+import resource, signal, sys
+import muse_fast.data.prepare as P
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
+P.prepare_folder(sys.argv[1], sys.argv[2], 16000, shard_bytes=10**6)
+"""
+
+
+def test_full_disk_keeps_the_last_complete_state_and_the_next_run_continues(tmp_path):
+    src = _make_folder(tmp_path / "src", n=3)
+    ref = prepare_folder(src, tmp_path / "ref", SR, shard_bytes=10**6)
+    out = prepare_folder(src, tmp_path / "c", SR, shard_bytes=10**6)
+    before = (out / "manifest.json").read_bytes()
+    rng = np.random.default_rng()
+    for i in range(3):
+        sf.write(src / f"new{i}.wav", (0.1 * rng.standard_normal(SR)).astype(np.float32), SR)
+    # files may not grow past 40 kB: the new shard (~100 kB) cannot be written
+    r = subprocess.run([sys.executable, "-c", _FULL_DISK, str(src), str(out), "40000"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode != 0 and "File too large" in r.stderr, r.stderr[-2000:]
+    assert (out / "manifest.json").read_bytes() == before
+    assert not list(out.glob("*.tmp"))
+    assert len(PreparedCorpus(out)) == 3
+    prepare_folder(src, out, SR, shard_bytes=10**6)
+    prepare_folder(src, ref, SR, shard_bytes=10**6)
+    assert _files(out) == _files(ref) and len(PreparedCorpus(out)) == 6
