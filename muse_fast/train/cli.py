@@ -20,7 +20,8 @@ examples:
 
 Any TrainConfig field can be set with --set KEY=VALUE (repeatable; dotted keys for data.* and
 model.*, e.g. --set lr=1e-4 --set model.size=tiny --set data.synthetic_tracks=512) or from
---config FILE (.json or .toml, same nesting). Without --data the synthetic corpus is used.
+--config FILE (.json or .toml, same nesting). Without --data the synthetic corpus is used (rendered
+once into a prepared corpus under $MUSE_FAST_CACHE, default ~/.cache/muse_fast).
 recipes: """ + ", ".join(RECIPES)
 
 
@@ -28,7 +29,11 @@ def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = PRETRAIN_EPILOG
     p.add_argument("--recipe", required=True, choices=list(RECIPES), help="what to pre-train")
-    p.add_argument("--data", default=None, help="folder of audio (default: synthetic corpus)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="prepared corpus (muse-fast prepare) or folder of audio (default: synthetic corpus)",
+    )
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps")
     p.add_argument("--batch-size", type=int, default=None, help="batch size per process")
     p.add_argument("--out", default=None, help="run folder (checkpoints, logs); default runs/muse")
