@@ -49,6 +49,7 @@ setup(
         "muse_fast.train",
         "muse_fast.data",
         "muse_fast.eval",
+        "muse_fast.integrations",
         "muse_fast.kernels",
     ],
     package_dir={"muse_fast.kernels": "kernels"},

@@ -15,7 +15,8 @@ Every model has ``.config`` (a dataclass; :func:`config_for` builds one), ``.sam
 
 Sizes (``size=``): Myna ``vit-s`` (default, ≈ 22 M), ``vit-b`` (≈ 85 M), ``tiny``; ViT-1D
 ``base`` (default), ``tiny``; BEST-RQ / MuseLQ ``large`` (default, 12 × 1024), ``small`` (alias
-``base``, 4 × 768), ``tiny`` (dim 64, 2 layers).
+``base``, 4 × 768), ``musicfm`` (MusicFM's published layout: HF Conformer blocks, 4096 codes),
+``tiny`` (dim 64, 2 layers). :func:`from_musicfm` / :func:`from_myna` load the public checkpoints.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 from ._common import posemb_sincos_2d
 from .bestrq import BestRQ, BestRQConfig, bestrq_config
+from .loaders import from_musicfm, from_myna
 from .myna import Myna, MynaConfig, myna_config
 from .vit1d import ViT1D, ViT1DConfig, vit1d_config
 
@@ -40,6 +42,8 @@ __all__ = [
     "ViT1DConfig",
     "config_for",
     "create",
+    "from_musicfm",
+    "from_myna",
     "list_models",
     "posemb_sincos_2d",
     "register_model",

@@ -250,6 +250,30 @@ class Myna(C.EncoderModel):
             return [f.mean(dim=1) for f in frames]
         return frames.mean(dim=1)
 
+    def embed_chunks(self, audio: torch.Tensor, *, sample_rate: int | None = None) -> torch.Tensor:
+        """Myna's ``example.py`` inference: the mel of each clip (B, samples) cut into whole
+        chunks of ``n_frames`` frames, each encoded unmasked and mean-pooled (hybrid: the two
+        patch embeddings' vectors concatenated, 16 × 16 first) → (B, n_chunks, D)."""
+        cfg = self.config
+        with self._backend():
+            C.check_sample_rate(sample_rate, self.sample_rate)
+            C.check_audio("audio", audio, ndim=2, min_samples=self._min_samples())
+            spec = super().spectrogram(audio)  # (B, F, frames)
+            b, f, frames = spec.shape
+            n = frames // cfg.n_frames
+            if n == 0:
+                raise ValueError(
+                    f"audio: {audio.shape[-1]} samples give {frames} mel frames, fewer than one "
+                    f"chunk of n_frames={cfg.n_frames}"
+                )
+            chunks = spec[..., : n * cfg.n_frames].reshape(b, f, n, cfg.n_frames)
+            chunks = chunks.permute(0, 2, 1, 3).reshape(b * n, f, cfg.n_frames)  # (B·n, F, 96)
+            pooled = [
+                self._encode(chunks, which, mask=False).mean(dim=1)
+                for which in range(len(self.embeds))
+            ]
+            return torch.cat(pooled, dim=-1).view(b, n, -1)
+
     def embed_frames(
         self, audio: torch.Tensor, layer: C.Layer = None, *, sample_rate: int | None = None
     ) -> torch.Tensor | list[torch.Tensor]:

@@ -104,7 +104,8 @@ def apply_rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     T, d = x.shape[-2], x.shape[-1]
     if d % 2:
         raise ValueError(f"x: rotary embeddings need an even last dim, got {d}")
-    inv_freq = base ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
+    # 1 / base^(2i/d) in float32, written as HF / GPT-NeoX do so that the angles match theirs
+    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, device=x.device).float() / d))
     angles = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * inv_freq  # (T, d/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, d)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops import apply_span_mask, gather_tokens, random_token_mask, span_mask
 from ..ops._checks import check_float, check_int
-from ..ops.masking import apply_span_mask, gather_tokens, random_token_mask, span_mask
 
 __all__ = ["TokenMasker", "SpanMasker"]
 

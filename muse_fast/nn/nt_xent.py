@@ -122,6 +122,12 @@ class GlobalContrastiveLoss(nn.Module):
         gather_distributed: under a process group of more than one rank, negatives (and the
             indices, to update every rank's ``log_u`` identically) come from all ranks; gradient
             convention as :class:`NTXentLoss`.
+        init: how a never-seen sample's ``u`` starts. ``"libauc"`` (default, libauc's rule):
+            ``u`` is zero-initialized and always updated as ``u = (1 − γ) u + γ g``, except that
+            a batch whose samples are all unseen uses γ = 1 (libauc's first batches with its
+            constant schedule) — so an unseen sample in a batch with seen ones starts at
+            ``γ g``. ``"batch"``: an unseen sample starts at its batch estimate ``g`` whatever
+            the rest of the batch (the two agree whenever batches are all-new or all-seen).
 
     ``forward(z1, z2, index)``: ``index`` (N,) int64 dataset indices of the pairs → scalar loss.
     Duplicate indices in one global batch: the last update wins, as in libauc.
@@ -135,8 +141,12 @@ class GlobalContrastiveLoss(nn.Module):
         normalize: bool = True,
         eps: float = 1e-8,
         gather_distributed: bool = True,
+        init: str = "libauc",
     ):
         super().__init__()
+        if init not in ("libauc", "batch"):
+            raise ValueError(f"init: expected 'libauc' or 'batch', got {init!r}")
+        self.init = init
         self.dataset_size = check_int("dataset_size", dataset_size, min=1)
         self.temperature = check_float("temperature", temperature, min=0.0, min_open=True)
         self.gamma = check_float("gamma", gamma, min=0.0, max=1.0, min_open=True)
@@ -159,7 +169,7 @@ class GlobalContrastiveLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dataset_size={self.dataset_size}, temperature={self.temperature}, "
-            f"gamma={self.gamma}, normalize={self.normalize}"
+            f"gamma={self.gamma}, normalize={self.normalize}, init={self.init!r}"
         )
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -175,6 +185,15 @@ class GlobalContrastiveLoss(nn.Module):
                 )
         index = index.long()
         log_u = self.log_u[index]
+        if self.init == "libauc":
+            # an unseen sample in a batch with seen ones: u = 0, not "unseen" — a finite
+            # stand-in for log 0 makes the op apply (1 − γ)·0 + γ·g (device-side: no host sync)
+            mixed = torch.isfinite(log_u).any()
+            if world > 1:  # "mixed" is a property of the global batch
+                mixed = mixed.to(torch.int32)
+                dist.all_reduce(mixed, op=dist.ReduceOp.MAX)
+                mixed = mixed.bool()
+            log_u = torch.where(torch.isneginf(log_u) & mixed, torch.full_like(log_u, -1e30), log_u)
         if world == 1:
             z = torch.cat([z1, z2], dim=0)
             loss, log_u_new = global_contrastive_loss_rows(
