@@ -78,10 +78,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         )
 
 
-@pytest.fixture(autouse=True)
-def _seed_everything(request):
-    seed = seed_for(request.node.nodeid)  # stable across processes and test order
+def _seed(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
+
+
+def pytest_collectstart(collector):
+    # Before a test file is imported: its module-level draws (inputs built for parametrize)
+    # follow the session seed too, and do not depend on which files were imported before it.
+    if isinstance(collector, pytest.Module):
+        _seed(seed_for(collector.nodeid))
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything(request):
+    _seed(seed_for(request.node.nodeid))  # stable across processes and test order
     yield

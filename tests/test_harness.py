@@ -18,9 +18,10 @@ CONFTEST = Path(__file__).with_name("conftest.py")
 # Each probe file records the seed its worker sees and the first draws of the seeded generators.
 PROBE = """
 import os, random, numpy as np, torch
+AT_IMPORT = torch.rand(1).item()  # a collection-time draw (inputs built for parametrize)
 def test_probe_{name}():
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    draws = (random.random(), float(np.random.rand()), torch.rand(1).item())
+    draws = (AT_IMPORT, random.random(), float(np.random.rand()), torch.rand(1).item())
     with open(os.path.join({out!r}, "{name}-" + worker), "w") as f:
         f.write(f"{{os.environ['MUSE_FAST_TEST_SEED']}} {{draws}}")
     assert os.environ.get("PROBE_FAIL") != "{name}"

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from muse_fast.testing import seed_for
+
 WORLD = 2
 N_LOCAL, D_IN, D = 3, 6, 5
 DATASET = 16
@@ -116,16 +118,18 @@ def _check_backend(rank: int, seed: int, steps: int, backend: str, expect) -> No
         torch.testing.assert_close(gcl.log_u, e_log_u, **close)
 
 
-def test_two_ranks_match_single_process(tmp_path):
+def test_two_ranks_match_single_process(tmp_path, request):
     """One spawn (two processes start in ~10 s on a loaded 2-core machine) checks both the C++
-    kernels and the eager path."""
+    kernels and the eager path. Data and weights follow the session seed (both ranks and the
+    single-process expectation draw them from the same generator seed)."""
+    seed = seed_for(request.node.nodeid)
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     init_file = str(tmp_path / "pg_init")
     try:
         mp.spawn(
             _worker,
-            args=(init_file, 1234, 3, ("cpu", "reference"), errors),
+            args=(init_file, seed, 3, ("cpu", "reference"), errors),
             nprocs=WORLD,
             join=True,
         )
@@ -133,4 +137,4 @@ def test_two_ranks_match_single_process(tmp_path):
         msgs = []
         while not errors.empty():
             msgs.append(errors.get())
-        pytest.fail("\n".join(msgs) or str(e))
+        pytest.fail(f"seed {seed}: " + ("\n".join(msgs) or str(e)))

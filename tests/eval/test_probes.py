@@ -9,8 +9,14 @@ import torch
 from muse_fast.eval.probes import GRID, ProbeSettings, fit_probe, train_probe
 
 
-def _blobs(n, d=8, k=3, seed=0, noise=0.3):
-    rng = np.random.default_rng(seed)
+def _rng() -> np.random.Generator:
+    """Fresh data every session: drawn from NumPy's global state, which the harness seeds per
+    test from the session seed (MUSE_FAST_TEST_SEED replays it)."""
+    return np.random.default_rng(np.random.randint(2**31))
+
+
+def _blobs(n, d=8, k=3, noise=0.3):
+    rng = _rng()
     centres = rng.normal(size=(k, d)) * 2
     y = rng.integers(k, size=n)
     return (centres[y] + noise * rng.normal(size=(n, d))).astype(np.float32) * 5 + 3, y
@@ -23,7 +29,7 @@ FAST = dict(max_epochs=60, patience=5, batch_size=32)
     "settings", [ProbeSettings.linear(**FAST), ProbeSettings.mlp(**FAST)], ids=["linear", "mlp"]
 )
 def test_multiclass_probe_learns(settings):
-    xtr, ytr = _blobs(200, seed=1)
+    xtr, ytr = _blobs(200)
     probe, info = train_probe(
         xtr, ytr, xtr[:60], ytr[:60], output="multiclass", n_outputs=3, settings=settings, lr=1e-2
     )
@@ -38,20 +44,23 @@ def test_multiclass_probe_learns(settings):
 
 
 def test_probe_is_seeded_and_leaves_global_rng():
-    xtr, ytr = _blobs(80, seed=3)
+    xtr, ytr = _blobs(80)
     s = ProbeSettings.mlp(max_epochs=5, patience=5, batch_size=16)
+    seed = int(np.random.randint(2**31))
     state = torch.get_rng_state()
-    a, _ = train_probe(xtr, ytr, xtr, ytr, output="multiclass", n_outputs=3, settings=s, seed=7)
+    a, _ = train_probe(xtr, ytr, xtr, ytr, output="multiclass", n_outputs=3, settings=s, seed=seed)
     assert torch.equal(state, torch.get_rng_state())
-    b, _ = train_probe(xtr, ytr, xtr, ytr, output="multiclass", n_outputs=3, settings=s, seed=7)
-    c, _ = train_probe(xtr, ytr, xtr, ytr, output="multiclass", n_outputs=3, settings=s, seed=8)
+    b, _ = train_probe(xtr, ytr, xtr, ytr, output="multiclass", n_outputs=3, settings=s, seed=seed)
+    c, _ = train_probe(
+        xtr, ytr, xtr, ytr, output="multiclass", n_outputs=3, settings=s, seed=seed + 1
+    )
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k])
     assert not torch.equal(a.net[0].weight, c.net[0].weight)
 
 
 def test_early_stopping_on_validation_loss():
-    rng = np.random.default_rng(0)
+    rng = _rng()
     x = rng.normal(size=(64, 16)).astype(np.float32)
     y = rng.integers(3, size=64)  # labels unrelated to x: validation loss only gets worse
     xv = rng.normal(size=(64, 16)).astype(np.float32)
@@ -63,7 +72,7 @@ def test_early_stopping_on_validation_loss():
 
 
 def test_multilabel_and_binary_outputs():
-    rng = np.random.default_rng(1)
+    rng = _rng()
     x = rng.normal(size=(300, 6)).astype(np.float32)
     tags = (x[:, :3] > 0).astype(np.float32)  # tag j = sign of feature j
     s = ProbeSettings.linear(max_epochs=80, patience=10, batch_size=64)
@@ -78,7 +87,7 @@ def test_multilabel_and_binary_outputs():
 
 
 def test_fit_probe_chooses_on_validation():
-    xtr, ytr = _blobs(100, seed=4)
+    xtr, ytr = _blobs(100)
     s = ProbeSettings.linear(max_epochs=3, patience=3, batch_size=32)
     seen = []
 
