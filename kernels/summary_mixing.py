@@ -34,6 +34,15 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
+def _tile(T, D, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Utterance ``b`` (int64: B·T·D may exceed 2^31) and the program's frame / feature block."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return b, offs_t, offs_d, offs_t < T, offs_d < D
+
+
+@triton.jit
 def _masked_mean_fwd_kernel(
     S,
     M,
@@ -104,14 +113,8 @@ def _masked_mean_bwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """dX[b, t, d] = m[b, t] · dmean[b, d] · inv[b]  (DX contiguous (B, T, D))."""
-    b = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B·T·D may exceed 2^31
-    pid_t = tl.program_id(1)
-    pid_d = tl.program_id(2)
+    b, offs_t, offs_d, t_ok, d_ok = _tile(T, D, BLOCK_T, BLOCK_D)
     acc_t = tl.float64 if IS_F64 else tl.float32
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    t_ok = offs_t < T
-    d_ok = offs_d < D
     g = tl.load(DMEAN + b * D + offs_d, mask=d_ok, other=0.0).to(acc_t)
     inv = tl.load(INV + b).to(acc_t)
     g = g * inv
@@ -138,14 +141,8 @@ def _add_gelu_mask_fwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """z = H + G[b] (stored over H), Y = GELU(z), 0 at padded frames (H, Y contiguous)."""
-    b = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B·T·D may exceed 2^31
-    pid_t = tl.program_id(1)
-    pid_d = tl.program_id(2)
+    b, offs_t, offs_d, t_ok, d_ok = _tile(T, D, BLOCK_T, BLOCK_D)
     acc_t = tl.float64 if IS_F64 else tl.float32
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    t_ok = offs_t < T
-    d_ok = offs_d < D
     ok = t_ok[:, None] & d_ok[None, :]
     g = tl.load(G + b * D + offs_d, mask=d_ok, other=0.0).to(acc_t)
     off = b * T * D + offs_t[:, None] * D + offs_d[None, :]
