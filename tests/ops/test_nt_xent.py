@@ -57,6 +57,45 @@ def _run(backend, fn, *args):
         return fn(*args)
 
 
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def _within_eager(got, eager, ref, what: str = "", scale: float | None = None) -> None:
+    """The precision rule: error vs the float64 reference <= 2 x eager float32 PyTorch's own error
+    on the same input, plus a floor of a few float32 ulps of the output's scale (``scale``, or
+    max |ref|) where values vanish."""
+    s = float(ref.abs().max()) if scale is None else scale
+    assert_within_eager_error(
+        got.double(), eager.double(), ref.double(), atol=8 * EPS32 * s, msg=f"{what}: "
+    )
+
+
+def _term_scales(z1, z2, tau: float, normalize: bool) -> tuple[float, float]:
+    """Sizes of the terms that cancel in the loss (the logits and log 2N) and in a gradient entry
+    (one similarity's weight 1/(τ·2N) times an embedding entry, times 1/‖z‖ through the
+    normalization; the weight exp(logit − lse) carries the logit's rounding, eps·|logit|, so
+    that term grows with the logits): the floors of the rule are a few float32 ulps of these."""
+    z = torch.cat([z1, z2]).double()  # (2N, D)
+    zn = F.normalize(z, dim=1) if normalize else z
+    logit = float((zn @ zn.T).abs().max()) / tau
+    rn = float(1 / z.norm(dim=1).min().clamp(min=1e-12)) if normalize else 1.0
+    grad = float(zn.abs().max()) * rn / (tau * z.shape[0]) * max(1.0, logit)
+    return logit + math.log(z.shape[0]), grad
+
+
+def _compare(fn_ref, fn, backend, z1, z2, *args, tau: float, normalize: bool = True):
+    """Loss and gradients of ``fn`` on ``backend`` against the rule (float64 and float32 eager)."""
+    want = _loss_and_grads(fn_ref, z1.double(), z2.double(), *args)
+    eager = _loss_and_grads(fn_ref, z1.float(), z2.float(), *args)
+    got = _run(backend, _loss_and_grads, fn, z1, z2, *args)
+    loss_scale, grad_scale = _term_scales(z1, z2, tau, normalize)
+    for g, e, w, name in zip(got, eager, want, ("loss", "dz1", "dz2")):
+        assert torch.isfinite(g).all(), name
+        scale = loss_scale if name == "loss" else max(grad_scale, float(w.abs().max()))
+        _within_eager(g, e, w, name, scale=scale)
+    return got
+
+
 # ------------------------------------------------------------------------------------------
 # the reference, pinned independently
 # ------------------------------------------------------------------------------------------
@@ -105,10 +144,9 @@ def test_matches_reference_forward_backward(backend, device, n, d, normalize):
     # correlated views, like real positives
     z2 = _away_from_zero(z1 + 0.5 * torch.randn(n, d, device=device))
     tau = 0.2 if normalize else 2.0 * d
-    want = _loss_and_grads(nt_xent_reference, z1.double(), z2.double(), tau, normalize)
-    got = _run(backend, _loss_and_grads, nt_xent, z1, z2, tau, normalize)
-    for g, w, what in zip(got, want, ("loss", "dz1", "dz2")):
-        assert_close(g, w.float(), torch.float32, atol=2e-6, rtol=2e-5, msg=what)
+    _compare(
+        nt_xent_reference, nt_xent, backend, z1, z2, tau, normalize, tau=tau, normalize=normalize
+    )
 
 
 @pytest.mark.parametrize("backend,device", ALL)
@@ -116,12 +154,7 @@ def test_matches_reference_forward_backward(backend, device, n, d, normalize):
 def test_extreme_temperatures_do_not_overflow(backend, device, tau):
     z1 = torch.randn(6, 24, device=device)
     z2 = torch.randn(6, 24, device=device)
-    want = _loss_and_grads(nt_xent_reference, z1.double(), z2.double(), tau)
-    got = _run(backend, _loss_and_grads, nt_xent, z1, z2, tau)
-    for g, w in zip(got, want):
-        assert torch.isfinite(g).all()
-        # logits are s/τ: at τ = 0.01 an fp32 rounding of s is amplified 100-fold
-        assert_close(g, w.float(), torch.float32, atol=1e-4 / min(tau, 1), rtol=1e-4)
+    _compare(nt_xent_reference, nt_xent, backend, z1, z2, tau, tau=tau)
 
 
 @pytest.mark.parametrize("backend,device", ALL)
@@ -129,9 +162,10 @@ def test_large_unnormalized_logits(backend, device):
     z1 = 30 * torch.randn(4, 16, device=device)
     z2 = 30 * torch.randn(4, 16, device=device)  # logits of order 1e5: online max must hold
     want = nt_xent_reference(z1.double(), z2.double(), 0.1, False)
+    eager = nt_xent_reference(z1, z2, 0.1, False)
     got = _run(backend, nt_xent, z1, z2, 0.1, False)
     assert torch.isfinite(got)
-    assert got.double().item() == pytest.approx(want.item(), rel=1e-4, abs=1e-2)
+    _within_eager(got, eager, want, "loss", scale=_term_scales(z1, z2, 0.1, False)[0])
 
 
 @pytest.mark.parametrize("backend,device", ALL)
@@ -139,11 +173,15 @@ def test_large_unnormalized_logits(backend, device):
 def test_identical_embeddings(backend, device, normalize):
     n = 5
     z = torch.randn(1, 8, device=device).expand(n, 8)
-    loss, g1, g2 = _run(backend, _loss_and_grads, nt_xent, z, z.clone(), 0.1, normalize)
-    assert loss.item() == pytest.approx(math.log(2 * n - 1), rel=1e-5)
-    for g in (g1, g2):  # every row equally attracted and repelled: zero gradient
+    tau = 0.1
+    got = _run(backend, _loss_and_grads, nt_xent, z, z.clone(), tau, normalize)
+    eager = _loss_and_grads(nt_xent_reference, z, z.clone(), tau, normalize)
+    exact = (torch.tensor(math.log(2 * n - 1), dtype=torch.float64), *[torch.zeros(n, 8)] * 2)
+    # every row equally attracted and repelled: zero gradient (the floor is its terms' scale)
+    scales = _term_scales(z, z, tau, normalize)
+    for g, e, w, what in zip(got, eager, exact, ("loss", "dz1", "dz2")):
         assert torch.isfinite(g).all()
-        assert g.abs().max().item() < 1e-4
+        _within_eager(g, e, w, what, scale=scales[what != "loss"])
 
 
 @pytest.mark.parametrize("backend,device", KERNELS)
@@ -156,7 +194,61 @@ def test_low_precision_within_eager_error(backend, device, dtype):
     got = _run(backend, _loss_and_grads, nt_xent, z1.to(dtype), z2.to(dtype), 0.1)
     assert got[0].dtype == dtype and got[1].dtype == dtype
     for g, e, r, what in zip(got, eager, ref, ("loss", "dz1", "dz2")):
-        assert_within_eager_error(g, e, r, atol=1e-3, msg=f"{what}: ")
+        # floor: one ulp of the output dtype at the output's scale (the output is rounded to it)
+        floor = torch.finfo(dtype).eps * float(r.abs().max())
+        assert_within_eager_error(g, e, r, atol=floor, msg=f"{what}: ")
+
+
+TRITON = [p for p in KERNELS if p.id == "triton"]
+# (n, d): one pair block; M = 80 (forward: 1 row block, 2 column splits; backward: 2 row blocks, 2
+# splits); D = 300 > the CUDA BLOCK_D (the chunked-D path); D = 1
+CUDA_TILE_SHAPES = [(3, 7), (40, 300), (2, 1)]
+
+
+@pytest.mark.parametrize("backend,device", TRITON)
+@pytest.mark.parametrize("n,d", CUDA_TILE_SHAPES)
+@pytest.mark.parametrize("loss", ["nt_xent", "gcl"])
+def test_cuda_tiles_forward_backward(backend, device, n, d, loss):
+    """The Triton kernels with the GPU's tile configuration (block sizes, warps, column splits),
+    forward and backward, on awkward shapes."""
+    from muse_fast.kernels._utils import tiles
+
+    z1 = _away_from_zero(torch.randn(n, d, device=device))
+    z2 = _away_from_zero(z1 + 0.5 * torch.randn(n, d, device=device))
+    with tiles("cuda"):
+        if loss == "nt_xent":
+            _compare(nt_xent_reference, nt_xent, backend, z1, z2, 0.2, tau=0.2)
+        else:
+            log_u = torch.where(torch.rand(n) < 0.3, -math.inf, torch.randn(n) + 2).to(device)
+
+            def gcl(fn):
+                return lambda a, b: fn(a, b, log_u.to(a.dtype), 0.9, 0.1)[0]
+
+            ref, fused = gcl(global_contrastive_loss_reference), gcl(global_contrastive_loss)
+            _compare(ref, fused, backend, z1, z2, tau=0.1)
+
+
+@pytest.mark.parametrize("backend,device", TRITON)
+def test_cuda_tiles_rank_share_with_inactive_row_blocks(backend, device):
+    """One rank's share under the GPU tiles: M = 140 rows in 3 row blocks of 64, the middle one
+    with no active row (its loop visits only the active rows' column blocks)."""
+    from muse_fast.kernels._utils import tiles
+
+    n, share = 70, (60, 8)
+    z = torch.randn(2 * n, 16, device=device)
+    zr = z.double().requires_grad_(True)
+    ze = z.detach().requires_grad_(True)
+    zk = z.detach().requires_grad_(True)
+    with muse_fast.backend("reference"):  # eager PyTorch: float64, and float32 (the yardstick)
+        want = nt_xent_rows(zr, n, 0.3, True, *share)
+        eager = nt_xent_rows(ze, n, 0.3, True, *share)
+    with tiles("cuda"), muse_fast.backend(backend):
+        got = nt_xent_rows(zk, n, 0.3, True, *share)
+    for out in (want, eager, got):
+        out.backward()
+    scales = _term_scales(z[:n], z[n:], 0.3, True)
+    _within_eager(got, eager, want, "loss", scale=scales[0])
+    _within_eager(zk.grad, ze.grad, zr.grad, "dz", scale=max(scales[1], float(zr.grad.abs().max())))
 
 
 @pytest.mark.parametrize("backend,device", ALL)
@@ -164,10 +256,7 @@ def test_non_contiguous_inputs(backend, device):
     base = torch.randn(7, 26, device=device)
     z1 = base[:, ::2]  # column stride 2
     z2 = torch.randn(13, 7, device=device).T  # transposed view
-    want = _loss_and_grads(nt_xent_reference, z1.double(), z2.double(), 0.1)
-    got = _run(backend, _loss_and_grads, nt_xent, z1, z2, 0.1)
-    for g, w in zip(got, want):
-        assert_close(g, w.float(), torch.float32, atol=2e-6, rtol=2e-5)
+    _compare(nt_xent_reference, nt_xent, backend, z1, z2, 0.1, tau=0.1)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
@@ -183,19 +272,21 @@ def test_gradcheck_float64(backend):
 def test_rank_shares_add_up_to_the_global_loss(backend, device):
     """nt_xent_rows (one rank's rows against all negatives), as NTXentLoss uses it."""
     n = 7
-    z = torch.randn(2 * n, 12, device=device, dtype=torch.float64)
-    zz = z.float() if backend == "triton" else z
-    zr = z.detach().requires_grad_(True)
+    z = torch.randn(2 * n, 12, device=device)
+    zr = z.double().requires_grad_(True)
     full = nt_xent_reference(zr[:n], zr[n:], 0.3)
     (g_full,) = torch.autograd.grad(full, zr)
-    zk = zz.detach().requires_grad_(True)
+    ze = z.detach().requires_grad_(True)
+    eager = nt_xent_reference(ze[:n], ze[n:], 0.3)  # float32
+    (g_eager,) = torch.autograd.grad(eager, ze)
+    zk = z.detach().requires_grad_(True)
     with muse_fast.backend(backend):
         shares = [(0, 2), (2, 4), (6, 1)]
         total = sum(nt_xent_rows(zk, n, 0.3, True, a, c) * c for a, c in shares) / n
     (g,) = torch.autograd.grad(total, zk)
-    tol = dict(atol=1e-6, rtol=1e-5) if zz.dtype == torch.float32 else {}
-    assert_close(total.double(), full.detach(), zz.dtype, **tol)
-    assert_close(g.double(), g_full, zz.dtype, **tol)
+    scales = _term_scales(z[:n], z[n:], 0.3, True)
+    _within_eager(total, eager, full, "loss", scale=scales[0])
+    _within_eager(g, g_eager, g_full, "dz", scale=max(scales[1], float(g_full.abs().max())))
 
 
 @pytest.mark.parametrize("variant", ["symmetric", "row-block"])
@@ -227,11 +318,13 @@ def test_under_torch_compile():
     fn = torch.compile(lambda a, b: nt_xent(a, b, 0.2) * 2, fullgraph=True, backend="eager")
     got = fn(z1, z2)
     g = torch.autograd.grad(got, (z1, z2))
-    want = nt_xent_reference(z1, z2, 0.2) * 2
-    w = torch.autograd.grad(want, (z1, z2))
-    assert_close(got.detach(), want.detach(), atol=1e-5, rtol=1e-5)
-    for a, b in zip(g, w):
-        assert_close(a, b, atol=1e-6, rtol=1e-5)
+    eager = _loss_and_grads(lambda a, b: nt_xent_reference(a, b, 0.2) * 2, z1, z2)
+    want = _loss_and_grads(lambda a, b: nt_xent_reference(a, b, 0.2) * 2, z1.double(), z2.double())
+    scales = _term_scales(z1, z2, 0.2, True)
+    for a, e, w, what in zip((got, *g), eager, want, ("loss", "dz1", "dz2")):
+        _within_eager(
+            a.detach(), e, w, what, scale=2 * max(scales[what != "loss"], float(w.abs().max()))
+        )
 
 
 def test_fake_tensors_give_shapes():
@@ -390,10 +483,14 @@ def test_gcl_matches_reference(backend, device, n, d):
     with muse_fast.backend(backend):
         got, lu = global_contrastive_loss(z1, z2, log_u, 0.9, 0.1)
     gg = torch.autograd.grad(got, (z1, z2))
-    assert_close(got.double(), want.detach(), torch.float32, atol=1e-5, rtol=1e-5)
-    assert_close(lu.double(), lu_want, torch.float32)
-    for a, b in zip(gg, gw):
-        assert_close(a.double(), b, torch.float32, atol=1e-5, rtol=1e-4)
+    ze1, ze2 = (z1.detach().requires_grad_(), z2.detach().requires_grad_())
+    eager, lu_eager = global_contrastive_loss_reference(ze1, ze2, log_u, 0.9, 0.1)  # float32
+    ge = torch.autograd.grad(eager, (ze1, ze2))
+    scales = _term_scales(z1, z2, 0.1, True)
+    _within_eager(got.detach(), eager.detach(), want.detach(), "loss", scale=scales[0])
+    _within_eager(lu, lu_eager, lu_want, "log_u", scale=scales[0])
+    for a, e, b, what in zip(gg, ge, gw, ("dz1", "dz2")):
+        _within_eager(a, e, b, what, scale=max(scales[1], float(b.abs().max())))
 
 
 @pytest.mark.parametrize("backend,device", ALL)
