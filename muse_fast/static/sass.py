@@ -60,6 +60,7 @@ class KernelInfo:
     name: str
     regs: int
     local_bytes: int
+    stack_bytes: int
     spill_instructions: int
     smem_bytes: int
     num_warps: int
@@ -207,6 +208,7 @@ def _analyse(name: str, cubin: bytes, shared: int, options: dict) -> KernelInfo:
         name=name,
         regs=regs,
         local_bytes=local,
+        stack_bytes=int(re.search(r"STACK:(\d+)", res).group(1)),
         spill_instructions=counts["spill"],
         smem_bytes=int(shared),
         num_warps=options["num_warps"],
@@ -227,7 +229,7 @@ def compile_launch(launch: Any, use_cache: bool = True) -> tuple[KernelInfo, str
     fn, signature, constexprs, attrs, options = specialize(launch)
     src = ASTSource(fn, signature, constexprs, attrs)
     key = hashlib.sha256(
-        f"{src.hash()}-{sorted(options.items())}-{triton.__version__}-v1".encode()
+        f"{src.hash()}-{sorted(options.items())}-{triton.__version__}-v2".encode()
     ).hexdigest()[:32]
     path = cache_dir() / f"{key}.json"
     if use_cache and path.exists():
