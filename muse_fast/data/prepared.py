@@ -248,20 +248,23 @@ class CropBatches:
             "skipped": torch.zeros(self.batch, dtype=torch.long),
         }
 
+    def _put(self, item) -> bool:
+        """Queue ``item`` unless asked to stop first."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _produce(self) -> None:
         b = self.next_batch
         try:
-            while not self._stop.is_set():
-                item = self.make(b)
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+            while self._put(self.make(b)):
                 b += 1
         except BaseException as e:  # surfaced in __next__
-            self._queue.put(e)
+            self._put(e)
 
     def __iter__(self):
         return self
