@@ -44,3 +44,10 @@ format:
 
 clean:
 	rm -rf build *.egg-info muse_fast/_C*.so .pytest_cache .ruff_cache
+
+# One-command GPU check (one H100/H200, no network): install, build, tests on CUDA, benchmarks,
+# the Myna vit-s batch-4096 step and the max-batch search, each time-boxed, into one folder
+# (benchmarks/results/<device>/gpu-check/). DRY_RUN=1 proves every stage starts on a CPU.
+.PHONY: gpu-check
+gpu-check:
+	DRY_RUN=$(DRY_RUN) PYTHON=$(PYTHON) bash scripts/gpu_check.sh
