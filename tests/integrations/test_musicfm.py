@@ -166,3 +166,21 @@ def test_from_musicfm_refuses_unknown_and_missing_keys():
         M.from_musicfm(sd, stats, heads=4)
     with pytest.raises(ValueError, match="melspec_2048_mean"):
         M.from_musicfm(ref.state_dict(), {"mean": 1.0}, heads=4)
+
+
+def test_muq_layout_gets_the_mel_and_encoder_patch():
+    """MuQModel (tencent-ailab/MuQ, not on PyPI) shares MusicFM's mel and HF encoder; the patch
+    replaces those two and leaves its own targets / masking (here: a renamed stand-in)."""
+    muq_cls = type("MuQModel", (MusicFM25Hz,), {})
+    ref = muq_cls(_config()).eval()
+    _randomize_bn(ref)
+    patched = apply_muse_fast(copy.deepcopy(ref))
+    assert list(patched.state_dict()) == list(ref.state_dict())
+    assert "masking" not in vars(patched) and "tokenize" not in vars(patched)
+    x = _audio()
+    with torch.no_grad():
+        _, h_ref = ref.get_predictions(x)
+        _, h_new = patched.get_predictions(x)  # upstream encoder() → patched conformer.forward
+    assert len(h_new) == len(h_ref)
+    for a, b in zip(h_new, h_ref):
+        assert _rel(a, b) <= 1e-5
