@@ -49,7 +49,13 @@ _RES_MAP = {"conv3": "shortcut.0", "bn3": "shortcut.1"}
 
 def _load(checkpoint: str | os.PathLike | dict) -> dict[str, torch.Tensor]:
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:  # e.g. a Lightning checkpoint pickling its hyper-parameters
+            raise ValueError(
+                f"checkpoint: {checkpoint} does not load with weights_only=True ({e}); if you "
+                "trust the file, pass torch.load(path, weights_only=False) instead of the path"
+            ) from None
     if not isinstance(checkpoint, dict):
         raise TypeError(f"checkpoint: expected a path or a state dict, got {type(checkpoint)}")
     for key in ("state_dict", "model"):
