@@ -59,10 +59,10 @@ def _score_tile(
         mask = mask & (cc[:, None] < NC)
     ct = tl.load(c_g + cc[:, None].to(tl.int64) * stride_cn + offs_h[None, :], mask=mask, other=0.0)
     s = tl.dot(y, tl.trans(ct), input_precision=PRECISION)
+    if MASKED:  # padded codes (loaded as 0) never win
+        s = tl.where(cc[None, :] < NC, s, float("-inf"))
     better = s > best
-    if MASKED:
-        better = better & (cc[None, :] < NC)
-    return tl.where(better, s, best), tl.where(better, c0, best_tile)
+    return tl.maximum(s, best), tl.where(better, c0, best_tile)
 
 
 @triton.jit

@@ -1,4 +1,4 @@
-"""``RandomProjectionQuantizer``: the frozen BEST-RQ / MusicFM tokenizer (docs/design.md, "Quantizer")."""
+"""``RandomProjectionQuantizer``: the frozen BEST-RQ / MusicFM tokenizer (docs/design.md)."""
 
 from __future__ import annotations
 
