@@ -2,7 +2,9 @@
 #include "common.h"
 
 void init_crops(py::module_& m);
-void init_masking(py::module_& m);
+void init_patch_embed(py::module_& m);
+void init_span_mask(py::module_& m);
+void init_token_mask(py::module_& m);
 void init_quantize(py::module_& m);
 void init_mel(py::module_& m);
 void init_nt_xent(py::module_& m);
@@ -24,7 +26,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("seed"), py::arg("c0"), py::arg("c1"), py::arg("c2") = 0, py::arg("c3") = 0,
         "Philox-4x32-10 block (for cross-checking the Python and Triton generators)");
     init_crops(m);
-    init_masking(m);
+    init_token_mask(m);
+    init_patch_embed(m);
+    init_span_mask(m);
     init_quantize(m);
     init_mel(m);
     init_nt_xent(m);

@@ -6,11 +6,15 @@ Kernels read the seed from an int64 tensor (no host synchronization) and call
     k0, k1 = seed_key(seed_ptr)
     w0, w1, w2, w3 = philox4x32(k0, k1, c0, c1, c2, c3)
 
-with uint32 counters (broadcast blocks). Other kernels in ``kernels/`` may import these.
+with uint32 counters (broadcast blocks). Other kernels in ``kernels/`` may import these, and
+:func:`round_bf16`, the round-to-nearest-even fp32 -> bf16 cast the masking kernels use under
+the interpreter (whose own cast truncates).
 """
 
 import triton
 import triton.language as tl
+
+from ._utils import launch, tile_config
 
 ROUND_A = tl.constexpr(0xD2511F53)
 ROUND_B = tl.constexpr(0xCD9E8D57)
@@ -66,6 +70,15 @@ def box_muller(w0, w1):
 
 
 @triton.jit
+def round_bf16(x):
+    """fp32 → bf16 rounded to nearest even, in integer arithmetic (what a GPU's cvt.rn does;
+    finite values and infinities; the interpreter's ``.to(tl.bfloat16)`` truncates)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+
+
+@triton.jit
 def _philox_block_kernel(seed_ptr, c_ptr, out_ptr, n, BLOCK: tl.constexpr):
     # test helper: counters (n, 4) int64 → words (n, 4) int64
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -90,6 +103,14 @@ def philox_words(seed, counters):
     counters = counters.to(torch.int64).contiguous()
     n = counters.shape[0]
     out = torch.empty_like(counters)
-    BLOCK = 256
-    _philox_block_kernel[(triton.cdiv(n, BLOCK),)](seed.reshape(1), counters, out, n, BLOCK=BLOCK)
+    BLOCK = tile_config("philox.block", seed.device)["BLOCK"]
+    launch(
+        _philox_block_kernel,
+        (triton.cdiv(n, BLOCK),),
+        seed.reshape(1),
+        counters,
+        out,
+        n,
+        BLOCK=BLOCK,
+    )
     return out

@@ -131,8 +131,50 @@ TILES: dict[str, dict[str, dict[str, int]]] = {
         },
     },
     # -- token_mask
+    "token_mask.random_token_mask": {
+        "cuda": {"ELEMS": 2048, "num_warps": 4, "num_warps_long": 8, "num_stages": 1},
+        "interpreter": {"ELEMS": 1 << 16, "num_warps": 4, "num_warps_long": 4, "num_stages": 1},
+    },
+    "token_mask.gather": {
+        "cuda": {"BLOCK_D": 128, "ELEMS": 4096, "num_warps": 4, "num_stages": 1},
+        "interpreter": {"BLOCK_D": 1 << 16, "ELEMS": 1 << 16, "num_warps": 4, "num_stages": 1},
+    },
+    "token_mask.scatter_add": {
+        "cuda": {"BLOCK_D": 128, "ELEMS": 4096, "num_warps": 4, "num_stages": 1},
+        "interpreter": {"BLOCK_D": 1 << 16, "ELEMS": 1 << 16, "num_warps": 4, "num_stages": 1},
+    },
+    "token_mask.scatter_rows": {
+        "cuda": {"BLOCK_D": 128, "ELEMS": 4096, "num_warps": 4, "num_stages": 1},
+        "interpreter": {"BLOCK_D": 1 << 16, "ELEMS": 1 << 16, "num_warps": 4, "num_stages": 1},
+    },
+    "philox.block": {
+        "cuda": {"BLOCK": 256, "num_warps": 4, "num_stages": 1},
+        "interpreter": {"BLOCK": 1024, "num_warps": 4, "num_stages": 1},
+    },
     # -- patch_embed
+    "patch_embed.embed": {
+        "cuda": {"BLOCK_M": 32, "BLOCK_N": 128, "ELEMS": 8192, "W_BYTES": 1 << 16,
+                 "num_warps": 8, "num_stages": 2},
+        "interpreter": {"BLOCK_M": 128, "BLOCK_N": 512, "ELEMS": 1 << 17, "W_BYTES": 1 << 22,
+                        "num_warps": 4, "num_stages": 1},
+    },  # fmt: skip
+    "patch_embed.gather": {
+        "cuda": {"BLOCK_M": 32, "ELEMS": 8192, "num_warps": 4, "num_stages": 1},
+        "interpreter": {"BLOCK_M": 256, "ELEMS": 1 << 18, "num_warps": 4, "num_stages": 1},
+    },
+    "patch_embed.scatter": {
+        "cuda": {"BLOCK_M": 32, "ELEMS": 8192, "num_warps": 4, "num_stages": 1},
+        "interpreter": {"BLOCK_M": 256, "ELEMS": 1 << 18, "num_warps": 4, "num_stages": 1},
+    },
     # -- span_mask
+    "span_mask.span_mask": {
+        "cuda": {"BLOCK": 1024, "num_warps": 4, "num_stages": 1},
+        "interpreter": {"BLOCK": 1 << 16, "num_warps": 4, "num_stages": 1},
+    },
+    "span_mask.noise": {
+        "cuda": {"BLOCK": 1024, "num_warps": 4, "num_stages": 1},
+        "interpreter": {"BLOCK": 1 << 16, "num_warps": 4, "num_stages": 1},
+    },
     # -- nt_xent
     # -- summary_mixing
     # PROGRAMS: programs the mean aims for before splitting time into chunks (4 x 132 SMs)

@@ -95,3 +95,15 @@ def check_choice(name: str, v: object, choices: Sequence[object]) -> object:
     if v not in choices:
         raise ValueError(f"{name}: expected one of {list(choices)}, got {v!r}")
     return v
+
+
+def check_indices_in_range(name: str, idx: torch.Tensor, n: int, what: str) -> None:
+    """ValueError for indices outside ``[0, n)``, checked on CPU tensors only: on CUDA the check
+    would synchronize with the host (the masking kernels read an out-of-range index as a zero
+    row there and never touch memory outside their inputs)."""
+    if idx.device.type != "cpu" or idx.numel() == 0:
+        return
+    lo, hi = torch.aminmax(idx)
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= n:
+        raise ValueError(f"{name}: indices must lie in [0, {n}) ({what}), got min {lo}, max {hi}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["philox4x32", "seed_tensor", "uniform24", "box_muller"]
+__all__ = ["philox4x32", "seed_tensor", "draw_device", "uniform24", "box_muller"]
 
 _M32 = 0xFFFFFFFF
 _ROUND_A = 0xD2511F53  # multiplies c0
@@ -90,6 +90,17 @@ def box_muller(w0: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
     u1 = ((w0 >> 8) + 1).to(torch.float32) * (1.0 / 16777216.0)
     u2 = uniform24(w1)
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(u2 * 6.283185307179586)
+
+
+def draw_device(
+    device: torch.device | str | None, generator: torch.Generator | None
+) -> torch.device:
+    """Where a random op draws: ``device``, else the generator's device, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if isinstance(generator, torch.Generator):
+        return generator.device
+    return torch.device("cpu")
 
 
 def _wrap_int64(v: int) -> int:
