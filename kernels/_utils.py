@@ -100,14 +100,15 @@ TILES: dict[str, dict[str, dict[str, int]]] = {
         "interpreter": {"BLOCK": 16384, "num_warps": 4},
     },
     # chunk_bytes: complex spectrum per FFT chunk; on CUDA it stays in L2 (50 MiB on H100/H200)
-    # between cuFFT's write and the power/mel kernel's read.
+    # between cuFFT's write and the power/mel kernel's read. BK 16 x 3 stages: ~154 registers,
+    # 3 CTAs/SM, so one 30 s row (47 x 8 tiles) is one wave on 132 SMs.
     "mel.power_mel": {
         "cuda": {
             "BT": 64,
-            "BK": 32,
+            "BK": 16,
             "BM": 16,
             "num_warps": 4,
-            "num_stages": 2,
+            "num_stages": 3,
             "chunk_bytes": 24 << 20,
         },
         "interpreter": {
