@@ -164,7 +164,7 @@ TILES: dict[str, dict[str, dict[str, int]]] = {
         "interpreter": {"BLOCK_M": 256, "ELEMS": 1 << 18, "num_warps": 4, "num_stages": 1},
     },
     "patch_embed.scatter": {
-        "cuda": {"BLOCK_M": 32, "ELEMS": 8192, "num_warps": 4, "num_stages": 1},
+        "cuda": {"BLOCK_M": 16, "ELEMS": 4096, "num_warps": 4, "num_stages": 1},
         "interpreter": {"BLOCK_M": 256, "ELEMS": 1 << 18, "num_warps": 4, "num_stages": 1},
     },
     # -- span_mask
