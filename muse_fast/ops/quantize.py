@@ -138,7 +138,7 @@ def _prepare(
                 _PREPARED.popitem(last=False)
     elif key is not None:
         _PREPARED.move_to_end(key)
-    if validate and not entry[4]:
+    if validate and not entry[4] and projection.device.type != "meta":  # meta: no values
         _check_values(projection, codebook)
         entry[4] = True
     return entry[2], entry[3]
