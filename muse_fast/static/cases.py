@@ -76,6 +76,10 @@ def _quantize() -> Step:
     return lambda: random_projection_quantize(x, proj, codes)
 
 
+_N = 3_072_000
+_RPQ_LOOPS = [2.0 * _N * 512 * 16, 2.0 * _N * 8192 * 16]  # projection, then the code tiles
+
+
 def _nt_xent(batch: int) -> Callable[[], Step]:
     def prepare() -> Step:
         from muse_fast.ops import nt_xent
@@ -167,7 +171,7 @@ def cases() -> list[Case]:
             "random_projection_quantize",
             "N 3.07 M, d 512, 8192 x 16 codes, fp32",
             _quantize,
-            {"_rpq": {"mma": 2.0 * 3_072_000 * 16 * (512 + 8192)}},
+            {"_rpq": {"mma": 2.0 * _N * 16 * (512 + 8192), "mma_loops": _RPQ_LOOPS}},
         ),
         Case(
             "nt_xent", "fwd+bwd B 4096, D 128 bf16", _nt_xent(4096), _nt_xent_work(4096), "bfloat16"

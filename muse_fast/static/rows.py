@@ -101,7 +101,12 @@ def _dynamic(info: KernelInfo, ctas: int, work: dict[str, float], mult: int) -> 
     iters = [float(ctas)] * len(loops)  # loops without an anchor: once per CTA (lower bound)
     anchor = None
     mma_loops = [i for i, lp in enumerate(loops) if lp.mma_flops]
-    if work.get("mma") and mma_loops:
+    split = work.get("mma_loops")
+    if split and len(split) == len(mma_loops):  # the work of each dot loop, in source order
+        for i, flops in zip(mma_loops, split):
+            iters[i] = max(flops * mult / (loops[i].mma_flops * w), ctas)
+        anchor = "mma"
+    elif work.get("mma") and mma_loops:
         per_iter = sum(loops[i].mma_flops for i in mma_loops) * w
         straight = max(0.0, sum(info.mma_flops_per_warp.values()) - per_iter / w) * w * ctas
         n = max(0.0, work["mma"] * mult - straight) / per_iter
@@ -133,19 +138,10 @@ def _dynamic(info: KernelInfo, ctas: int, work: dict[str, float], mult: int) -> 
         mma_flops += lp.mma_flops * it * w
     dyn["mma_flops"] = mma_flops
     dyn["anchor"] = anchor
+    # the tile: the innermost loop with the most dynamic instructions (else the whole kernel)
+    hot = max(range(len(loops)), key=lambda i: loops[i].length * iters[i], default=None)
+    dyn["tile"] = loops[hot].length if hot is not None else info.instructions
     return dyn
-
-
-def _tile_instructions(info: KernelInfo) -> int:
-    """Instructions of one tile: the hottest innermost loop's body (MMA, else FFMA, else the
-    longest), or the whole kernel when it has no loop."""
-    if not info.loops:
-        return info.instructions
-    for cls in ("mma", "ffma", "ex2"):
-        cand = [lp for lp in info.loops if lp.counts.get(cls)]
-        if cand:
-            return max(cand, key=lambda lp: lp.counts[cls]).length
-    return max(lp.length for lp in info.loops)
 
 
 def kernel_row(case: Case, launches: list[Any], info: KernelInfo, st: _Storages) -> dict[str, Any]:
@@ -194,7 +190,7 @@ def kernel_row(case: Case, launches: list[Any], info: KernelInfo, st: _Storages)
         "tensor_core": info.tensor_core,
         "dot_in_source": "tl.dot(" in getattr(launches[0].kernel, "src", ""),
         "instructions": info.instructions,
-        "instructions_per_tile": _tile_instructions(info),
+        "instructions_per_tile": dyn["tile"],
         "mma": c["mma"],
         "ffma": c["ffma"],
         "mufu_ex2": c["ex2"],
