@@ -42,7 +42,7 @@ from ._util import class_names, major_version, warn_once
 
 __all__ = ["apply_muse_fast_to_musicfm", "is_musicfm", "musicfm_config"]
 
-TESTED_TRANSFORMERS = (4,)  # major versions the patch is tested against
+TESTED_TRANSFORMERS = (4, 5)  # major versions the patch is tested against (4.57, 5.24)
 _MEL_ATTR = "muse_fast_mel"
 
 

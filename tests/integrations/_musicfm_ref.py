@@ -5,7 +5,8 @@ random-projection quantizer seeded through the global RNG, two residual conv blo
 MusicFM's CPU ``rand`` / ``nonzero`` masking. Attribute names follow MusicFM's state dict so
 that :func:`muse_fast.integrations.apply_muse_fast` and ``from_musicfm`` see the real layout.
 
-One deliberate difference: ``tokenize`` looks up ``quantizer_<feature>_0`` (the module the
+Two deliberate differences: the hidden states are recorded with hooks (MusicFM reads
+``hidden_states`` from the encoder's output, which transformers 5 no longer returns), and ``tokenize`` looks up ``quantizer_<feature>_0`` (the module the
 constructor registers); upstream's ``quantizer_<feature>`` lookup crashes, so it could not serve
 as the unpatched baseline.
 """
@@ -119,9 +120,27 @@ class MusicFM25Hz(nn.Module):
 
     def encoder(self, x):
         x = self.conv(x)
-        out = self.conformer(x, output_hidden_states=True)
-        logits = self.linear(out["last_hidden_state"])
-        return {"melspec_2048": logits}, out["hidden_states"]
+        # each layer's input, recorded by hooks: transformers 5 no longer returns hidden_states
+        # from the bare encoder (MusicFM's own code breaks there), transformers 4 does
+        inputs = []
+        hooks = [
+            layer.register_forward_pre_hook(
+                lambda mod, args, kw: inputs.append(args[0] if args else kw["hidden_states"]),
+                with_kwargs=True,
+            )
+            for layer in self.conformer.layers
+        ]
+        try:
+            out = self.conformer(x, output_hidden_states=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        last = out["last_hidden_state"]
+        hidden = out.get("hidden_states") if hasattr(out, "get") else None
+        if hidden is None:
+            hidden = (*inputs, last)
+        logits = self.linear(last)
+        return {"melspec_2048": logits}, tuple(hidden)
 
     @torch.no_grad()
     def normalize(self, x):

@@ -184,3 +184,13 @@ def test_muq_layout_gets_the_mel_and_encoder_patch():
     assert len(h_new) == len(h_ref)
     for a, b in zip(h_new, h_ref):
         assert _rel(a, b) <= 1e-5
+
+
+def test_untested_transformers_version_warns(monkeypatch):
+    from muse_fast.integrations import _util
+    from muse_fast.integrations import musicfm as patch
+
+    monkeypatch.setattr(patch, "TESTED_TRANSFORMERS", (99,))
+    monkeypatch.setattr(_util, "_WARNED", set())
+    with pytest.warns(UserWarning, match=r"tested with transformers 99\.x, found \d"):
+        apply_muse_fast(MusicFM25Hz(_config()))
