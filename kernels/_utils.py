@@ -177,6 +177,60 @@ TILES: dict[str, dict[str, dict[str, int]]] = {
         "interpreter": {"BLOCK": 1 << 16, "num_warps": 4, "num_stages": 1},
     },
     # -- nt_xent
+    "nt_xent.row_rnorm": {
+        "cuda": {"BLOCK_R": 16, "BLOCK_D": 1024, "num_warps": 4, "num_stages": 1},
+        "interpreter": {"BLOCK_R": 256, "BLOCK_D": 1024, "num_warps": 1, "num_stages": 1},
+    },
+    # MIN_PROGRAMS: below this many row-block programs the columns are split (2 waves of 132 SMs);
+    # BLOCK_D_FP32: fp32 inputs (tf32x3 keeps hi/lo operand copies) take D in smaller chunks
+    "nt_xent.fwd": {
+        "cuda": {
+            "BLOCK_M": 128,
+            "BLOCK_N": 64,
+            "BLOCK_D": 128,
+            "BLOCK_D_FP32": 64,
+            "num_warps": 8,
+            "num_stages": 2,
+            "MIN_PROGRAMS": 264,
+        },
+        "interpreter": {
+            "BLOCK_M": 128,
+            "BLOCK_N": 128,
+            "BLOCK_D": 256,
+            "BLOCK_D_FP32": 256,
+            "num_warps": 1,
+            "num_stages": 1,
+            "MIN_PROGRAMS": 1,
+        },
+    },
+    "nt_xent.merge": {
+        "cuda": {"BLOCK": 1024, "num_warps": 4, "num_stages": 1},
+        "interpreter": {"BLOCK": 4096, "num_warps": 1, "num_stages": 1},
+    },
+    "nt_xent.bwd": {
+        "cuda": {
+            "BLOCK_M": 64,
+            "BLOCK_N": 64,
+            "BLOCK_D": 128,
+            "BLOCK_D_FP32": 64,
+            "num_warps": 4,
+            "num_stages": 2,
+            "MIN_PROGRAMS": 264,
+        },
+        "interpreter": {
+            "BLOCK_M": 128,
+            "BLOCK_N": 128,
+            "BLOCK_D": 256,
+            "BLOCK_D_FP32": 256,
+            "num_warps": 1,
+            "num_stages": 1,
+            "MIN_PROGRAMS": 1,
+        },
+    },
+    "nt_xent.norm_bwd": {
+        "cuda": {"ELEMS": 8192, "BLOCK_R": 16, "num_warps": 4, "num_stages": 1},
+        "interpreter": {"ELEMS": 1 << 16, "BLOCK_R": 256, "num_warps": 1, "num_stages": 1},
+    },
     # -- summary_mixing
     # PROGRAMS: programs the mean aims for before splitting time into chunks (4 x 132 SMs)
     "summary_mixing.masked_mean_fwd": {
@@ -273,51 +327,6 @@ def launch(
     num_stages: int = 2,
     **constexprs: Any,
 ) -> None:
-    "nt_xent.row_rnorm": {
-        "cuda": {"BLOCK_R": 16, "BLOCK_D": 1024, "num_warps": 4, "num_stages": 1},
-        "interpreter": {"BLOCK_R": 256, "BLOCK_D": 1024, "num_warps": 1, "num_stages": 1},
-    },
-    # MIN_PROGRAMS: below this many row-block programs the columns are split (2 waves of 132 SMs)
-    "nt_xent.fwd": {
-        "cuda": {
-            "BLOCK_M": 128,
-            "BLOCK_N": 64,
-            "BLOCK_D": 128,
-            "num_warps": 8,
-            "num_stages": 2,
-            "MIN_PROGRAMS": 264,
-        },
-        "interpreter": {
-            "BLOCK_M": 128,
-            "BLOCK_N": 128,
-            "BLOCK_D": 256,
-            "num_warps": 1,
-            "num_stages": 1,
-            "MIN_PROGRAMS": 1,
-        },
-    },
-    "nt_xent.bwd": {
-        "cuda": {
-            "BLOCK_M": 64,
-            "BLOCK_N": 64,
-            "BLOCK_D": 128,
-            "num_warps": 4,
-            "num_stages": 2,
-            "MIN_PROGRAMS": 264,
-        },
-        "interpreter": {
-            "BLOCK_M": 128,
-            "BLOCK_N": 128,
-            "BLOCK_D": 256,
-            "num_warps": 1,
-            "num_stages": 1,
-            "MIN_PROGRAMS": 1,
-        },
-    },
-    "nt_xent.norm_bwd": {
-        "cuda": {"ELEMS": 8192, "BLOCK_R": 16, "num_warps": 4, "num_stages": 1},
-        "interpreter": {"ELEMS": 1 << 16, "BLOCK_R": 256, "num_warps": 1, "num_stages": 1},
-    },
     """Start ``kernel[grid](*args, **constexprs)`` (or record it, see :func:`record_launches`)."""
     grid = tuple(int(g) for g in grid)
     rec = _recorder.get()

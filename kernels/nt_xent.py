@@ -52,6 +52,8 @@ from ._utils import empty, launch, pow2, tile_config, workaround
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for running maxima and masked logits
 _INF = tl.constexpr(float("inf"))
+_LOG2E = tl.constexpr(1.4426950408889634)  # exponentials in base 2: exp(x) = exp2(x log2 e)
+_LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -110,6 +112,33 @@ def _sim_tile(
 
 
 @triton.jit
+def _row_tile(
+    z_ptr, roff, rmask, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ONE_D: tl.constexpr
+):
+    """The rows' (BLOCK_M, BLOCK_D) operand, loaded once when D fits one block (else unused)."""
+    a = tl.zeros((BLOCK_M, BLOCK_D), z_ptr.dtype.element_ty)
+    if ONE_D:
+        dc = tl.arange(0, BLOCK_D)
+        a = tl.load(
+            z_ptr + roff[:, None] + dc[None, :], mask=rmask[:, None] & (dc[None, :] < D), other=0.0
+        )
+    return a
+
+
+@triton.jit
+def _row_dot(z_ptr, roff, poff, rmask, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """⟨z_i, z_p(i)⟩ per row in fp32 (the positive similarity, outside the column loop)."""
+    acc = tl.zeros((BLOCK_M,), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        dc = d0 + tl.arange(0, BLOCK_D)
+        m2 = rmask[:, None] & (dc[None, :] < D)
+        x = tl.load(z_ptr + roff[:, None] + dc[None, :], mask=m2, other=0.0).to(tl.float32)
+        y = tl.load(z_ptr + poff[:, None] + dc[None, :], mask=m2, other=0.0).to(tl.float32)
+        acc += tl.sum(x * y, axis=1)
+    return acc
+
+
+@triton.jit
 def _fwd_kernel(
     z_ptr, rn_ptr, lse_ptr, pos_ptr, t_ptr,
     M, N, D, stride, row_start, row_count, beta, blocks_per_split,
@@ -125,18 +154,15 @@ def _fwd_kernel(
     rows = tl.where(jmask, rows, 0)
     prow = tl.where(rows < N, rows + N, rows - N)
     roff = rows.to(tl.int64) * stride
+    # logits in base 2: x_ik = log2(e) β s_ik = (raw dot · rn_k) · u_i, u_i = log2(e) β rn_i
+    rn_i = tl.full((BLOCK_M,), 1.0, tl.float32)
     if NORMALIZE:
         rn_i = tl.load(rn_ptr + rows, mask=jmask, other=0.0)
-    a = tl.zeros((BLOCK_M, BLOCK_D), z_ptr.dtype.element_ty)
-    if ONE_D:
-        dc = tl.arange(0, BLOCK_D)
-        a = tl.load(
-            z_ptr + roff[:, None] + dc[None, :], mask=jmask[:, None] & (dc[None, :] < D), other=0.0
-        )
+    u_i = rn_i * (beta * _LOG2E)
+    a = _row_tile(z_ptr, roff, jmask, D, BLOCK_M, BLOCK_D, ONE_D)
     m_i = tl.full((BLOCK_M,), _NEG, tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     t_i = tl.zeros((BLOCK_M,), tl.float32)
-    pos_i = tl.zeros((BLOCK_M,), tl.float32)
     split = tl.program_id(1)
     k_lo = split * blocks_per_split * BLOCK_N
     k_hi = tl.minimum(M, k_lo + blocks_per_split * BLOCK_N)
@@ -148,27 +174,62 @@ def _fwd_kernel(
             BLOCK_M, BLOCK_N, BLOCK_D, ONE_D, PREC, DOT_F32,
         )  # fmt: skip
         if NORMALIZE:
-            rn_k = tl.load(rn_ptr + cols, mask=cmask, other=0.0)
-            s = s * rn_i[:, None] * rn_k[None, :]
-        is_pos = cols[None, :] == prow[:, None]
-        pos_i += tl.sum(tl.where(is_pos, s, 0.0), axis=1)
+            s = s * tl.load(rn_ptr + cols, mask=cmask, other=0.0)[None, :]
         valid = cmask[None, :] & (cols[None, :] != rows[:, None])
         if EXCLUDE_POS:
-            valid = valid & (~is_pos)
-        logit = tl.where(valid, s * beta, _NEG)  # masked before any exp: nothing overflows
-        m_new = tl.maximum(m_i, tl.max(logit, axis=1))
-        scale = tl.exp(m_i - m_new)
-        p = tl.where(valid, tl.exp(logit - m_new[:, None]), 0.0)
+            valid = valid & (cols[None, :] != prow[:, None])
+        x = tl.where(valid, s * u_i[:, None], _NEG)  # masked before any exp: nothing overflows
+        m_new = tl.maximum(m_i, tl.max(x, axis=1))
+        scale = tl.exp2(m_i - m_new)
+        p = tl.where(valid, tl.exp2(x - m_new[:, None]), 0.0)
         l_i = l_i * scale + tl.sum(p, axis=1)
         if WITH_T:
             t_i = t_i * scale + tl.sum(p * s, axis=1)
         m_i = m_new
     # a split whose range holds no valid column of a row: lse -inf, t 0 (weight 0 in the merge)
     out = split * R + j
-    tl.store(lse_ptr + out, m_i + tl.log(l_i), mask=jmask)
-    tl.store(pos_ptr + out, pos_i, mask=jmask)
+    tl.store(lse_ptr + out, (m_i + tl.log2(l_i)) * _LN2, mask=jmask)
+    poff = prow.to(tl.int64) * stride
+    pos = _row_dot(z_ptr, roff, poff, jmask, D, BLOCK_M, BLOCK_D) * (split == 0)
+    if NORMALIZE:
+        pos = pos * rn_i * tl.load(rn_ptr + prow, mask=jmask, other=0.0)
+    tl.store(pos_ptr + out, pos, mask=jmask)
     if WITH_T:
-        tl.store(t_ptr + out, tl.where(l_i > 0, t_i / l_i, 0.0), mask=jmask)
+        tl.store(t_ptr + out, tl.where(l_i > 0, t_i * rn_i / l_i, 0.0), mask=jmask)
+
+
+@triton.jit
+def _merge_kernel(lse_ptr, pos_ptr, t_ptr, R, n_split, WITH_T: tl.constexpr, BLOCK: tl.constexpr):
+    """Column splits' partials (S, R) -> (R,) in place of split 0: lse = logsumexp_s lse_s,
+    t = Σ_s exp(lse_s − lse) t_s, pos = Σ_s pos_s (one split holds the positive)."""
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rmask = r < R
+    mx = tl.full((BLOCK,), _NEG, tl.float32)
+    for sp in range(n_split):
+        mx = tl.maximum(mx, tl.load(lse_ptr + sp * R + r, mask=rmask, other=_NEG))
+    se = tl.zeros((BLOCK,), tl.float32)
+    st = tl.zeros((BLOCK,), tl.float32)
+    pos = tl.zeros((BLOCK,), tl.float32)
+    for sp in range(n_split):
+        w = tl.exp(tl.load(lse_ptr + sp * R + r, mask=rmask, other=_NEG) - mx)
+        se += w
+        if WITH_T:
+            st += w * tl.load(t_ptr + sp * R + r, mask=rmask, other=0.0)
+        pos += tl.load(pos_ptr + sp * R + r, mask=rmask, other=0.0)
+    tl.store(lse_ptr + r, mx + tl.log(se), mask=rmask)
+    tl.store(pos_ptr + r, pos, mask=rmask)
+    if WITH_T:
+        tl.store(t_ptr + r, st / se, mask=rmask)
+
+
+@triton.jit
+def _col_tile(z_ptr, stride, cols, cmask, do, dmask):
+    """Columns ``do`` of rows ``cols``: the (BLOCK_N, BLOCK_DO) ẑ_K operand, input dtype."""
+    return tl.load(
+        z_ptr + cols.to(tl.int64)[:, None] * stride + do[None, :],
+        mask=cmask[:, None] & dmask[None, :],
+        other=0.0,
+    )
 
 
 @triton.jit
@@ -207,18 +268,24 @@ def _bwd_kernel(
     ract = rmask & (rmod >= 0) & (rmod < row_count)
     prow = tl.where(rows < N, rows + N, rows - N)
     roff = rows.to(tl.int64) * stride
-    c_i = tl.load(c_ptr + rows, mask=rmask, other=_INF)
+    c_i = tl.load(c_ptr + rows, mask=rmask, other=_INF) * _LOG2E
+    rn_i = tl.full((BLOCK_M,), 1.0, tl.float32)
     if NORMALIZE:
         rn_i = tl.load(rn_ptr + rows, mask=rmask, other=0.0)
-    a = tl.zeros((BLOCK_M, BLOCK_D), z_ptr.dtype.element_ty)
-    if ONE_D:
-        dc = tl.arange(0, BLOCK_D)
-        a = tl.load(
-            z_ptr + roff[:, None] + dc[None, :], mask=rmask[:, None] & (dc[None, :] < D), other=0.0
-        )
+    u_i = rn_i * (beta * _LOG2E)  # base-2 logits, as in the forward
+    a = _row_tile(z_ptr, roff, rmask, D, BLOCK_M, BLOCK_D, ONE_D)
     do = tl.program_id(1) * BLOCK_DO + tl.arange(0, BLOCK_DO)
     dmask = do < D
-    acc = tl.zeros((BLOCK_M, BLOCK_DO), tl.float32)
+    # the positive terms, −[i active][k = p(i)] in both G and Gᵀ: −2 rn_p z_p, once (split 0)
+    zp = tl.load(
+        z_ptr + prow.to(tl.int64)[:, None] * stride + do[None, :],
+        mask=(ract & (tl.program_id(2) == 0))[:, None] & dmask[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    rn_p = tl.full((BLOCK_M,), 1.0, tl.float32)
+    if NORMALIZE:
+        rn_p = tl.load(rn_ptr + prow, mask=rmask, other=0.0)
+    acc = -2.0 * rn_p[:, None] * zp
     a_lo, n_a, b_lo, n_b = _active_col_blocks(r0, M, N, row_start, row_count, BLOCK_M, BLOCK_N)
     n_it = n_a + n_b
     per_split = tl.cdiv(n_it, tl.num_programs(2))
@@ -227,46 +294,31 @@ def _bwd_kernel(
     for it in range(it_lo, it_hi):
         cols = tl.where(it < n_a, a_lo + it, b_lo + it - n_a) * BLOCK_N + tl.arange(0, BLOCK_N)
         cmask = cols < M
-        coff = cols.to(tl.int64) * stride
         if ONE_D:  # the column tile is both s's operand and the ẑ_K of the second product
-            zk = tl.load(
-                z_ptr + coff[:, None] + do[None, :],
-                mask=cmask[:, None] & dmask[None, :],
-                other=0.0,
-            )
+            zk = _col_tile(z_ptr, stride, cols, cmask, do, dmask)
             s = _mm(a, tl.trans(zk), PREC, DOT_F32)
-        else:
+        else:  # the output chunk's column tile after the D loop: not live across it
             s = _sim_tile(
                 z_ptr, stride, a, roff, rmask, cols, cmask, D,
                 BLOCK_M, BLOCK_N, BLOCK_D, ONE_D, PREC, DOT_F32,
             )  # fmt: skip
-            zk = tl.load(
-                z_ptr + coff[:, None] + do[None, :],
-                mask=cmask[:, None] & dmask[None, :],
-                other=0.0,
-            )
+            zk = _col_tile(z_ptr, stride, cols, cmask, do, dmask)
+        rn_k = tl.full((BLOCK_N,), 1.0, tl.float32)
         if NORMALIZE:
             rn_k = tl.load(rn_ptr + cols, mask=cmask, other=0.0)
-            s = s * rn_i[:, None] * rn_k[None, :]
-        c_k = tl.load(c_ptr + cols, mask=cmask, other=_INF)
+        c_k = tl.load(c_ptr + cols, mask=cmask, other=_INF) * _LOG2E
         valid = cmask[None, :] & (cols[None, :] != rows[:, None])
-        is_pos = cols[None, :] == prow[:, None]
         if EXCLUDE_POS:
-            valid = valid & (~is_pos)
-        # masked logits are _NEG before the exp, so exp(. - c) is 0 there (c > -inf)
-        logit = tl.where(valid, s * beta, _NEG)
-        w = tl.exp(logit - c_i[:, None]) + tl.exp(logit - c_k[None, :])
-        w = tl.where(is_pos & ract[:, None], w - 2.0, w)
-        if NORMALIZE:
-            if SCALE_TILE:  # keep w·rn_k within fp16 range whatever the norms
-                smax = tl.max(rn_k, axis=0)
-                w = w * (rn_k / smax)[None, :]
-                acc += smax * _mm(w.to(zk.dtype), zk, PREC, DOT_F32)
-            else:
-                w = w * rn_k[None, :]
-                acc += _mm(w.to(zk.dtype), zk, PREC, DOT_F32)
+            valid = valid & (cols[None, :] != prow[:, None])
+        # masked logits are _NEG before the exp, so exp2(. - c) is 0 there (c > -inf)
+        x = tl.where(valid, s * (u_i[:, None] * rn_k[None, :]), _NEG)
+        w = tl.exp2(x - c_i[:, None]) + tl.exp2(x - c_k[None, :])
+        if SCALE_TILE:  # keep w·rn_k within fp16 range whatever the norms
+            smax = tl.max(rn_k, axis=0)
+            w = w * (rn_k / smax)[None, :]
+            acc += smax * _mm(w.to(zk.dtype), zk, PREC, DOT_F32)
         else:
-            acc += _mm(w.to(zk.dtype), zk, PREC, DOT_F32)
+            acc += _mm((w * rn_k[None, :]).to(zk.dtype), zk, PREC, DOT_F32)
     alpha = tl.load(alpha_ptr).to(tl.float32)
     out = tl.program_id(2).to(tl.int64) * M * D + rows.to(tl.int64)[:, None] * D + do[None, :]
     tl.store(dzn_ptr + out, acc * alpha, mask=rmask[:, None] & dmask[None, :])
@@ -316,7 +368,8 @@ def _tiles(kernel: str, z: torch.Tensor) -> tuple[dict[str, int], int, int, int]
     M, D = z.shape
     bm = pow2(M, 16, cfg["BLOCK_M"])
     bn = pow2(M, 16, cfg["BLOCK_N"])
-    return cfg, bm, bn, pow2(D, 16, cfg["BLOCK_D"])
+    bd = cfg["BLOCK_D_FP32" if z.dtype == torch.float32 else "BLOCK_D"]
+    return cfg, bm, bn, pow2(D, 16, bd)
 
 
 def _n_split(programs: int, col_blocks: int, min_programs: int) -> int:
@@ -370,11 +423,15 @@ def contrastive_fwd(
         DOT_F32=workaround("nt_xent.dot_f32", _DOT_F32_WHY),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    if split == 1:
-        return lse[0], pos[0], t[0]
-    lse_all = torch.logsumexp(lse, dim=0)
-    t_all = (torch.exp(lse - lse_all) * t).sum(dim=0) if with_t else t[0]
-    return lse_all, pos.sum(dim=0), t_all
+    if split > 1:
+        mcfg = tile_config("nt_xent.merge", z.device)
+        block = pow2(R, 16, mcfg["BLOCK"])
+        launch(
+            _merge_kernel, (triton.cdiv(R, block),), lse, pos, t, R, split,
+            WITH_T=bool(with_t), BLOCK=block,
+            num_warps=mcfg["num_warps"], num_stages=mcfg["num_stages"],
+        )  # fmt: skip
+    return lse[0], pos[0], t[0]
 
 
 def contrastive_bwd(
@@ -400,7 +457,7 @@ def contrastive_bwd(
         z, rn if rn is not None else c, c, alpha, dzn,
         M, n_pairs, D, z.stride(0), row_start, row_count, float(beta),
         NORMALIZE=rn is not None, EXCLUDE_POS=bool(exclude_pos),
-        SCALE_TILE=z.dtype in (torch.float16, torch.bfloat16),
+        SCALE_TILE=rn is not None and z.dtype in (torch.float16, torch.bfloat16),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DO=bd, ONE_D=D <= bd, PREC=_prec(z),
         DOT_F32=workaround("nt_xent.dot_f32", _DOT_F32_WHY),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
