@@ -63,6 +63,13 @@ def _unpatchify(patches: torch.Tensor, shape: torch.Size, ph: int, pw: int) -> t
     return s.reshape(shape)
 
 
+def _project(sel, keep_idx, weight, bias, pos_embed) -> torch.Tensor:
+    """(B * n_keep, K) patch vectors → (B, n_keep, D): cast to weight's dtype, linear, + pos."""
+    B, n_keep = keep_idx.shape
+    out = F.linear(sel.to(weight.dtype), weight, bias).reshape(B, n_keep, weight.shape[0])
+    return out if pos_embed is None else out + pos_embed[keep_idx]
+
+
 # ---------------------------------------------------------------------------------------------
 # references
 # ---------------------------------------------------------------------------------------------
@@ -132,12 +139,8 @@ def masked_patch_embed_reference(
     weight (D, ph * pw * C), bias (D,), pos_embed (gh * gw, D). This eager version builds the
     full patch tensor; the kernels never do.
     """
-    B, n_keep = keep_idx.shape
-    sel = masked_patch_gather_reference(spec, keep_idx, patch_size, norm_eps).to(weight.dtype)
-    out = F.linear(sel, weight, bias).reshape(B, n_keep, weight.shape[0])
-    if pos_embed is not None:
-        out = out + pos_embed[keep_idx]
-    return out
+    sel = masked_patch_gather_reference(spec, keep_idx, patch_size, norm_eps)
+    return _project(sel, keep_idx, weight, bias, pos_embed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,12 +165,8 @@ def _masked_patch_gather_cpu(spec, keep_idx, patch_size, norm_eps=None):
 def _masked_patch_embed_cpu(spec, keep_idx, patch_size, weight, bias=None, pos_embed=None,
                             norm_eps=None):  # fmt: skip
     # C++ gathers (and normalizes) only the kept patches; the projection is torch's GEMM.
-    B, n_keep = keep_idx.shape
-    sel = _masked_patch_gather_cpu(spec, keep_idx, patch_size, norm_eps).to(weight.dtype)
-    out = F.linear(sel, weight, bias).reshape(B, n_keep, weight.shape[0])
-    if pos_embed is not None:
-        out = out + pos_embed[keep_idx]
-    return out
+    sel = _masked_patch_gather_cpu(spec, keep_idx, patch_size, norm_eps)
+    return _project(sel, keep_idx, weight, bias, pos_embed)
 
 
 def _masked_patch_scatter_cpu(grad, spec, keep_idx, patch_size, norm_eps=None):
