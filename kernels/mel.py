@@ -7,8 +7,9 @@ Two kernels bracket the FFT, which is ``torch.fft.rfft`` (cuFFT on CUDA); docs/d
 padding by ``n_fft // 2`` in ``pad_mode`` around the row's own end) as fp32 rows of
 ``S = R * hop`` samples in one flat buffer, so flat frame ``j = row * R + t`` is frame ``t`` of
 ``row`` and the FFT reads all frames through one strided view. With ``CHECK`` it also writes one
-NaN/inf flag per program (a plain store: no atomics, no fence). Traffic: read the waveform once,
-write the buffer once.
+NaN/inf flag per program (a plain store: no atomics, no fence). The op pads the rows of one FFT
+chunk at a time, so the buffer is written to and read back from L2. Traffic: the waveform read
+once.
 
 ``_power_mel_kernel``: one (frames x bands) output tile of one row. For the bins of the tile's
 bands (their triangles' support) it loads the complex spectrum as (re, im) pairs, applies the

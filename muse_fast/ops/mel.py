@@ -195,23 +195,41 @@ def _fused(kernels: _Kernels, waveform: Tensor, lengths: Tensor | None, r: Resol
     R = -(-(n + 2 * r.pad + 2 * r.half) // hop)  # flat frames per row
     R += R % 2 if hop % 2 else 0  # even R * hop: every row starts 8-byte aligned
     S = R * hop  # samples per row of the padded buffer
-    buf, flags = kernels.pad(x, per_row.to(device=dev, dtype=torch.int32), S, r, check)
+    len32 = per_row.to(device=dev, dtype=torch.int32)
     hann3 = r.win_length == r.n_fft  # raw frames; the window is a 3-tap in the power kernel
     left = (r.n_fft - r.win_length) // 2  # else win_length samples centered in n_fft
-    frames = buf.as_strided(((rows - 1) * R + T, r.win_length), (hop, 1), left)  # (F, win)
     w = None if hann3 else _window_on(r.win_length, str(dev))
     scale = {"window": 1.0 / _window_energy(r.win_length), "frame_length": 1.0 / r.n_fft}
     per_chunk = max(2, kernels.chunk_bytes(dev) // (8 * nf))
+    flags = []
     for row0, nr, t0, t1, j0, cnt in _chunks(rows, R, T, per_chunk):
-        fr = frames[j0 : j0 + cnt] if w is None else frames[j0 : j0 + cnt] * w
-        spec = torch.view_as_real(torch.fft.rfft(fr, n=r.n_fft))  # (cnt, nf, 2)
+        if t0 == 0:  # new rows: pad just them, so the FFT reads the padded signal from cache
+            buf, bad = kernels.pad(x[row0 : row0 + nr], len32[row0 : row0 + nr], S, r, check)
+            flags += [] if bad is None else [bad]
+            frames = buf.as_strided(((nr - 1) * R + T, r.win_length), (hop, 1), left)  # (F, win)
+        fr = frames[t0 : t0 + cnt]  # flat frame j0 is local frame j0 - row0 * R = t0
+        # (cnt, nf, 2): re/im pairs of the one-sided spectrum
+        spec = torch.view_as_real(torch.fft.rfft(fr if w is None else fr * w, n=r.n_fft))
         kernels.power_mel(
-            spec, fb, lo, hi, flen32, out, rows=(row0, row0 + nr), frames=(t0, t1), j0=j0, R=R,
-            n_fft=r.n_fft, scale=scale.get(r.normalized, 1.0), power=r.power, log=r.log,
-            log_mult=20.0 / r.power, hann3=hann3,
+            spec,
+            fb,
+            lo,
+            hi,
+            flen32,
+            out,
+            rows=(row0, row0 + nr),
+            frames=(t0, t1),
+            j0=j0,
+            R=R,
+            n_fft=r.n_fft,
+            scale=scale.get(r.normalized, 1.0),
+            power=r.power,
+            log=r.log,
+            log_mult=20.0 / r.power,
+            hann3=hann3,
         )  # fmt: skip
         del spec  # the next chunk's FFT reuses this block while it is still in L2
-    if flags is not None and bool(flags.any()):  # only when checking (free on the CPU)
+    if flags and bool(torch.cat(flags).any()):  # only when checking (free on the CPU)
         raise ValueError("waveform: contains NaN or inf")
     mel = out.view(*lead, M, T)
     if r.top_db is not None:
