@@ -28,7 +28,9 @@ def test_probe_{name}():
 """
 
 
-def _run_probe(tmp_path: Path, out: Path, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+def _run_probe(
+    tmp_path: Path, out: Path, env_extra: dict[str, str], *args: str
+) -> subprocess.CompletedProcess:
     shutil.copy(CONFTEST, tmp_path / "conftest.py")
     for name in ("one", "two"):
         (tmp_path / f"test_probe_{name}.py").write_text(PROBE.format(name=name, out=str(out)))
@@ -36,7 +38,7 @@ def _run_probe(tmp_path: Path, out: Path, env_extra: dict[str, str]) -> subproce
     env.pop("MUSE_FAST_TEST_SEED", None)
     env.update(env_extra)
     cmd = [sys.executable, "-m", "pytest", str(tmp_path), "-n", "2", "--dist", "loadfile"]
-    cmd += ["-p", "no:randomly", "-p", "no:cacheprovider", "-o", "addopts="]
+    cmd += ["-p", "no:randomly", "-p", "no:cacheprovider", "-o", "addopts=", *args]
     return subprocess.run(
         cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
     )
@@ -48,8 +50,8 @@ def _records(out: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_workers_share_the_printed_seed_and_a_replay_repeats_the_inputs(tmp_path):
-    run, out1, out2 = tmp_path / "run", tmp_path / "out1", tmp_path / "out2"
-    for d in (run, out1, out2):
+    run, out1, out2, out3 = (tmp_path / d for d in ("run", "out1", "out2", "out3"))
+    for d in (run, out1, out2, out3):
         d.mkdir()
     first = _run_probe(run, out1, {"PROBE_FAIL": "two"})
     text = first.stdout + first.stderr
@@ -66,6 +68,13 @@ def test_workers_share_the_printed_seed_and_a_replay_repeats_the_inputs(tmp_path
     replay = _run_probe(run, out2, {"MUSE_FAST_TEST_SEED": seed})
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert _records(out2) == rec1  # same seed -> same inputs in every test
+
+    # Shuffled (pytest-randomly on): its order seed is the session seed, and it must not
+    # re-seed random/NumPy over the per-test seeds, so the inputs stay the same.
+    shuffled = _run_probe(run, out3, {"MUSE_FAST_TEST_SEED": seed}, "-p", "randomly")
+    assert shuffled.returncode == 0, shuffled.stdout + shuffled.stderr
+    assert f"Using --randomly-seed={seed}" in shuffled.stdout
+    assert _records(out3) == rec1
 
 
 def test_session_seed_is_exported_and_mixed_per_test(monkeypatch):
