@@ -523,40 +523,38 @@ def test_gcl_bad_inputs():
 # the Triton kernels also compile for a real GPU (the interpreter accepts more than the compiler)
 # ------------------------------------------------------------------------------------------
 _AOT_SCRIPT = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import torch
 from muse_fast.kernels import nt_xent as K
+from muse_fast.kernels._utils import record_launches, tiles
+from muse_fast.static.sass import compile_launch
 
-I32 = ["M", "N", "D", "stride", "row_start", "row_count"]
-FWD_C = ["NORMALIZE", "EXCLUDE_POS", "WITH_T", "BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_D", "PREC",
-         "DOT_F32"]
-BWD_C = ["NORMALIZE", "EXCLUDE_POS", "SCALE_TILE", "BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DO",
-         "ONE_D", "PREC", "DOT_F32"]
-for dt, bd, prec, one_d in (("bf16", 128, "ieee", True), ("fp32", 64, "tf32x3", False)):
-    f32 = dict.fromkeys(["rn_ptr", "lse_ptr", "pos_ptr", "t_ptr"], "*fp32")
-    sig = {"z_ptr": "*" + dt, **f32, **dict.fromkeys(I32, "i32"), "beta": "fp32",
-           "blocks_per_split": "i32", **dict.fromkeys(FWD_C, "constexpr")}
-    c = dict(NORMALIZE=True, EXCLUDE_POS=True, WITH_T=True, BLOCK_M=128, BLOCK_N=64, BLOCK_D=bd,
-             ONE_D=one_d, PREC=prec, DOT_F32=False)
-    k = triton.compile(ASTSource(K._fwd_kernel, sig, c), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": 8, "num_stages": 2})
-    print("fwd", dt, k.asm["ptx"].count("wgmma.mma_async"), k.metadata.shared)
-    f32 = dict.fromkeys(["rn_ptr", "c_ptr", "alpha_ptr", "dzn_ptr"], "*fp32")
-    sig = {"z_ptr": "*" + dt, **f32, **dict.fromkeys(I32, "i32"), "beta": "fp32",
-           **dict.fromkeys(BWD_C, "constexpr")}
-    c = dict(NORMALIZE=True, EXCLUDE_POS=False, SCALE_TILE=dt != "fp32", BLOCK_M=64, BLOCK_N=64,
-             BLOCK_D=bd, BLOCK_DO=bd, ONE_D=one_d, PREC=prec, DOT_F32=False)
-    k = triton.compile(ASTSource(K._bwd_kernel, sig, c), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": 4, "num_stages": 2})
-    print("bwd", dt, k.asm["ptx"].count("wgmma.mma_async"), k.metadata.shared)
+# the launchers' own launches at the papers' size (B = 4096 pairs, D = 128), on meta tensors
+for dt in (torch.bfloat16, torch.float32):
+    B = 4096
+    z = torch.empty(2 * B, 128, dtype=dt, device="meta")
+    c, alpha = torch.empty(2 * B, device="meta"), torch.empty(1, device="meta")
+    with record_launches(dry=True) as launches, tiles("cuda"):
+        rn = K.row_rnorm(z, 1e-12)
+        K.contrastive_fwd(z, rn, B, 10.0, 0, B, True, True)
+        K.contrastive_bwd(z, rn, c, alpha, B, 10.0, 0, B, False, 1e-12)
+    for lc in launches:
+        if lc.name not in ("_fwd_kernel", "_bwd_kernel"):
+            continue
+        info, _ = compile_launch(lc, use_cache=False)
+        main = max(info.loops, key=lambda lp: lp.counts.get("mma", 0))
+        print(lc.name, str(dt)[6:], info.tensor_core.replace(" ", "_"), info.smem_bytes,
+              main.counts.get("ldgsts", 0), main.counts.get("ldg", 0), info.spill_instructions,
+              lc.num_warps, lc.constexprs["BLOCK_M"], lc.grid[-1])
 """
 
 
 def test_triton_kernels_compile_for_h100():
-    """Ahead-of-time compile of the forward and backward kernels for sm_90 (no GPU needed; a
-    subprocess without TRITON_INTERPRET): both dots run on the tensor cores (wgmma), shared
-    memory within an H100's 228 KB."""
+    """Ahead-of-time compile of the forward and backward kernels for sm_90 as their launchers
+    start them at B = 4096, D = 128 (no GPU needed; a subprocess without TRITON_INTERPRET): both
+    dots on the tensor cores (wgmma), shared memory within an H100's 228 KB, the column loop
+    software-pipelined (its column loads are LDGSTS, asynchronous copies), no spills in bf16, one
+    warpgroup per 64 rows (no warpgroup computing a duplicate of another's tile), and the
+    columns split where the row blocks alone are under two waves of 132 SMs."""
     import os
     import subprocess
     import sys
@@ -571,5 +569,9 @@ def test_triton_kernels_compile_for_h100():
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln.split() for ln in proc.stdout.strip().splitlines()]
     assert len(lines) == 4, proc.stdout
-    for _, _, n_wgmma, shared in lines:
-        assert int(n_wgmma) > 0 and int(shared) <= 228 * 1024, proc.stdout
+    for _name, dt, tc, smem, ldgsts, _ldg, spills, warps, block_m, split in lines:
+        assert tc.startswith("wgmma") and int(smem) <= 228 * 1024, proc.stdout
+        assert int(ldgsts) > 0, proc.stdout  # pipelined: the column tiles arrive by cp.async
+        assert dt != "bfloat16" or int(spills) == 0, proc.stdout
+        assert int(warps) * 16 == int(block_m), proc.stdout  # 4 warps per 64 rows
+        assert int(split) > 1, proc.stdout  # B = 4096: 64 / 128 row blocks < 264 programs
