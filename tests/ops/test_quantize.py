@@ -35,18 +35,23 @@ def _scores64(x, a, c):
     return torch.einsum("...gh,gnh->...gn", y, F.normalize(c.double(), dim=-1))
 
 
-def _assert_codes_match(out, expected, x, a, c, *, atol=2e-5, max_mismatch=0.05):
-    """Indices equal, except rows whose two candidate codes score the same within rounding."""
+def _assert_codes_match(out, expected, x, a, c, *, factor=2.0, max_mismatch=0.05):
+    """The rule for an arg-max: where the kernel's codes differ from the eager float32
+    reference ``expected``, the score the kernel gives up against the float64 best is at most
+    ``factor`` x what eager gives up, plus a floor of the float32 error of a length-d dot
+    (4 sqrt(d) ulps: near-ties closer than that may go either way)."""
     assert out.dtype == torch.long and out.shape == expected.shape, (out.dtype, out.shape)
     mism = out != expected
     if not mism.any():
         return
     s = _scores64(x, a, c)
-    s_out = s.gather(-1, out.unsqueeze(-1)).squeeze(-1)
-    s_exp = s.gather(-1, expected.unsqueeze(-1)).squeeze(-1)
-    gap = (s_out - s_exp).abs()[mism]
-    assert gap.max().item() <= atol, (
-        f"{int(mism.sum())} indices differ; score gaps up to {gap.max().item():.3e} > {atol}"
+    best = s.max(-1).values
+    loss_k = (best - s.gather(-1, out.unsqueeze(-1)).squeeze(-1)).max().item()
+    loss_e = (best - s.gather(-1, expected.unsqueeze(-1)).squeeze(-1)).max().item()
+    floor = 4 * x.shape[-1] ** 0.5 * torch.finfo(torch.float32).eps
+    assert loss_k <= factor * loss_e + floor, (
+        f"{int(mism.sum())} indices differ; kernel score loss {loss_k:.3e} > {factor} x eager "
+        f"{loss_e:.3e} + {floor:.1e}"
     )
     assert mism.float().mean().item() <= max_mismatch, f"{int(mism.sum())} near ties is too many"
 
