@@ -222,7 +222,7 @@ def _external(fn: Callable[[], Any], result: Any) -> set[int]:
     def visit(obj: Any, depth: int = 0) -> None:
         if isinstance(obj, torch.Tensor):
             found.append(obj)
-            if obj.grad is not None:
+            if obj.is_leaf and obj.grad is not None:
                 found.append(obj.grad)
         elif isinstance(obj, torch.nn.Module):
             for p in obj.parameters():

@@ -143,12 +143,14 @@ def check(report: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
     dropped, or whose instructions per tile grew by more than 2 %; an op that walked before and
     fails now."""
     problems = []
-    base = {(r["op"], r["size"], r["kernel"]): r for r in baseline.get("rows", [])}
-    for r in report["rows"]:
-        where = f"{r['op']} [{r['size']}] {r['kernel']}"
-        if r.get("spills"):
-            problems.append(f"{where}: spills = {r['spills']} (must be 0)")
-        b = base.get((r["op"], r["size"], r["kernel"]))
+    base = dict(zip(_keys(baseline["rows"]), baseline["rows"]))
+    for key, r in zip(_keys(report["rows"]), report["rows"]):
+        where = f"{r['op']} [{r['size']}] {r['kernel']}" + (f" #{key[3] + 1}" if key[3] else "")
+        if r.get("spills") or r.get("stack_bytes"):
+            problems.append(
+                f"{where}: spills = {r['spills']} STL/LDL, {r.get('stack_bytes', 0)} B stack (must be 0)"
+            )
+        b = base.get(key)
         if b is None:
             continue
         if r["kernel"] == "total":
@@ -164,6 +166,18 @@ def check(report: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
             if r[metric] > b[metric] * (1 + INSTRUCTION_SLACK):
                 problems.append(f"{where}: {metric} {b[metric]} -> {r[metric]} (regressed)")
     return problems
+
+
+def _keys(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, int]]:
+    """(op, size, kernel, n-th row of that kernel in the case): one kernel may appear with
+    several configurations in one case."""
+    seen: dict[tuple[str, str, str], int] = {}
+    keys = []
+    for r in rows:
+        k = (r["op"], r["size"], r["kernel"])
+        keys.append((*k, seen.get(k, 0)))
+        seen[k] = seen.get(k, 0) + 1
+    return keys
 
 
 def write(report: dict[str, Any], out: Path, before: dict[str, Any] | None = None) -> None:
