@@ -1,8 +1,8 @@
 """CI's dependency bookkeeping (standard library only; runs in the CI venv).
 
   python .ci/deps.py resolve OUT.json        the newest versions pip resolves for the project's
-                                             dependencies + the dev extra (a dry run, nothing
-                                             installed), as pip's JSON report
+                                             dependencies + the extras CI installs (a dry run,
+                                             nothing installed), as pip's JSON report
   python .ci/deps.py compare KNOWN OTHER     differences between .ci/known-good.txt and a pip
                                              freeze or a pip report (printed; exit status 0)
   python .ci/deps.py record FREEZE KNOWN     write a passing venv's freeze as the known-good set
@@ -37,13 +37,19 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# The extras CI installs (.ci/run), and what it installs without dependencies on top.
+CI_EXTRAS = ("dev", "integrations")
+NO_DEPS = ("libauc",)  # its own requirements pull torch_geometric, ogb, opencv
+
+
 def project_requirements() -> list[str]:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return list(meta["dependencies"]) + list(meta["optional-dependencies"]["dev"])
+    extras = meta.get("optional-dependencies", {})
+    return list(meta["dependencies"]) + [r for e in CI_EXTRAS for r in extras.get(e, [])]
 
 
 def read_versions(path: Path) -> dict[str, str]:
@@ -66,7 +72,16 @@ def read_versions(path: Path) -> dict[str, str]:
 def resolve(out: Path) -> int:
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q"]
     cmd += ["--report", str(out), *project_requirements()]
-    return subprocess.run(cmd, check=False).returncode
+    code = subprocess.run(cmd, check=False).returncode
+    if code == 0:  # add the --no-deps packages' newest versions to the same report
+        extra = out.with_suffix(".nodeps.json")
+        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q"]
+        cmd += ["--no-deps", "--report", str(extra), *NO_DEPS]
+        if subprocess.run(cmd, check=False).returncode == 0:
+            report = json.loads(out.read_text())
+            report["install"] += json.loads(extra.read_text())["install"]
+            out.write_text(json.dumps(report))
+    return code
 
 
 def compare(known_path: Path, other_path: Path, label: str) -> int:
