@@ -93,17 +93,24 @@ def _third_party(variant: str):
     return fn
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("mode", ["forward", "fwd+bwd"])
 @pytest.mark.parametrize("variant", ["fused", "reference", "lightly", "pytorch-metric-learning"])
 @pytest.mark.parametrize("batch", sorted(set(CPU_BATCHES + GPU_BATCHES)))
-def test_bench_nt_xent(measure, bench_device, quick, batch, variant, mode):
+def test_bench_nt_xent(measure, bench_device, quick, batch, variant, mode, dtype):
+    """bfloat16: the embeddings a bf16 model hands the loss (fp32 accumulation in the kernels);
+    fused and reference only."""
     if batch not in _batches(bench_device, quick):
         pytest.skip(f"B={batch} is not in the {bench_device.type} sweep")
+    if dtype == "bfloat16" and variant not in ("fused", "reference"):
+        pytest.skip(f"{variant}: float32 only")
     if variant != "fused":
         _skip_if_eager_does_not_fit(batch, bench_device)
     gen = torch.Generator().manual_seed(0)
+    dt = getattr(torch, dtype)
     z1 = torch.randn(batch, D, generator=gen).to(bench_device)
-    z2 = (z1.cpu() + 0.5 * torch.randn(batch, D, generator=gen)).to(bench_device)
+    z2 = (z1.cpu() + 0.5 * torch.randn(batch, D, generator=gen)).to(bench_device, dt)
+    z1 = z1.to(dt)
     z1.requires_grad_(mode == "fwd+bwd")
     z2.requires_grad_(mode == "fwd+bwd")
     if variant == "fused":
@@ -126,7 +133,7 @@ def test_bench_nt_xent(measure, bench_device, quick, batch, variant, mode):
         fn,
         op="nt_xent",
         variant=variant,
-        params={"B": batch, "D": D, "dtype": "float32"},
+        params={"B": batch, "D": D, "dtype": dtype},
         mode=mode,
         **_rounds(batch, bench_device),
     )
