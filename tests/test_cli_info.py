@@ -48,6 +48,7 @@ def test_mismatch_rule():
 )
 def test_info_warns_only_on_a_mismatched_pair(monkeypatch, capsys, ta_version, ta_cuda, warns):
     import torchaudio
+
     monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(torchaudio, "__version__", ta_version)
