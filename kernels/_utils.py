@@ -204,7 +204,7 @@ TILES: dict[str, dict[str, dict[str, int]]] = {
         },
     },
     "nt_xent.merge": {
-        "cuda": {"BLOCK": 1024, "num_warps": 4, "num_stages": 1},
+        "cuda": {"BLOCK": 128, "num_warps": 4, "num_stages": 1},
         "interpreter": {"BLOCK": 4096, "num_warps": 1, "num_stages": 1},
     },
     "nt_xent.bwd": {
