@@ -162,12 +162,13 @@ def _is_in(t: torch.Tensor, ins: list[torch.Tensor]) -> bool:
 
 
 @contextlib.contextmanager
-def _meta_host_syncs(cap: Capture) -> Iterator[None]:
+def _meta_host_syncs(cap: Capture, autocast: torch.dtype | None = None) -> Iterator[None]:
     """``.item()`` / ``bool(t)`` / ``.tolist()`` on a meta tensor raise before any dispatch mode
     sees them: count each as a host sync and answer with a placeholder (True / 0)."""
     T = torch.Tensor
     saved = {n: getattr(T, n) for n in ("item", "__bool__", "__int__", "__float__", "tolist")}
     saved_autocast = torch.is_autocast_enabled
+    saved_dtype = torch.get_autocast_dtype
 
     def patched(name: str):
         def fn(self, *a: Any, **k: Any):
@@ -180,20 +181,51 @@ def _meta_host_syncs(cap: Capture) -> Iterator[None]:
 
         return fn
 
-    def is_autocast_enabled(*args: Any) -> bool:  # meta has no autocast state of its own
-        if args and args[0] == "meta":
-            return False
+    def is_autocast_enabled(*args: Any) -> bool:  # meta has no autocast state of its own:
+        if args and args[0] == "meta":  # answer as torch.autocast("cuda", dtype) would
+            return autocast is not None
         return saved_autocast(*args)
+
+    def get_autocast_dtype(device_type: str) -> torch.dtype:
+        if device_type == "meta":
+            return autocast or torch.float32
+        return saved_dtype(device_type)
 
     for n in saved:
         setattr(T, n, patched(n))
-    torch.is_autocast_enabled = is_autocast_enabled
+    torch.is_autocast_enabled, torch.get_autocast_dtype = is_autocast_enabled, get_autocast_dtype
     try:
         yield
     finally:
         for n, f in saved.items():
             setattr(T, n, f)
-        torch.is_autocast_enabled = saved_autocast
+        torch.is_autocast_enabled, torch.get_autocast_dtype = saved_autocast, saved_dtype
+
+
+@contextlib.contextmanager
+def _direct_launches() -> Iterator[None]:
+    """Record ``kernel[grid](...)`` calls that bypass :func:`launch` too (older launchers),
+    with Triton's defaults for warps (4) and stages (3)."""
+    from triton.runtime.jit import KernelInterface
+
+    from ..kernels._utils import launch
+
+    saved = KernelInterface.__getitem__
+
+    def getitem(self, grid):
+        def start(*args: Any, **kwargs: Any) -> None:
+            warps, stages = kwargs.pop("num_warps", 4), kwargs.pop("num_stages", 3)
+            g = grid(kwargs) if callable(grid) else grid
+            g = tuple(g) if isinstance(g, (tuple, list)) else (g,)
+            launch(self, g, *args, num_warps=warps, num_stages=stages, **kwargs)
+
+        return start
+
+    KernelInterface.__getitem__ = getitem
+    try:
+        yield
+    finally:
+        KernelInterface.__getitem__ = saved
 
 
 @contextlib.contextmanager
@@ -209,7 +241,8 @@ def triton_everywhere() -> Iterator[None]:
 
     _backend.Op.select = select
     try:
-        yield
+        with _direct_launches():
+            yield
     finally:
         _backend.Op.select = original
 
@@ -242,17 +275,19 @@ def _external(fn: Callable[[], Any], result: Any) -> set[int]:
     return {storage_key(t)[0] for t in found}
 
 
-def capture(prepare: Callable[[], Callable[[], Any]]) -> Capture:
+def capture(
+    prepare: Callable[[], Callable[[], Any]], autocast: torch.dtype | None = None
+) -> Capture:
     """``prepare()`` builds full-size inputs on ``meta`` (not recorded) and returns the step;
     run the step and record its launches and host work."""
     cap = Capture()
     try:
         fn = prepare()
         with triton_everywhere(), tiles("cuda"), record_launches(dry=True):
-            with _meta_host_syncs(Capture()):
+            with _meta_host_syncs(Capture(), autocast):
                 fn()  # once unrecorded: one-time work (cached tables) is not per call
         with triton_everywhere(), tiles("cuda"), record_launches(dry=True) as launches:
-            with _meta_host_syncs(cap), _Recorder(cap):
+            with _meta_host_syncs(cap, autocast), _Recorder(cap):
                 result = fn()
         cap.launches = list(launches)
         cap.external = _external(fn, result)

@@ -28,6 +28,9 @@ class Case:
     work: dict[str, object] = field(default_factory=dict)  # fragment -> work or f(constexprs)
     dtype: str = "float32"  # input precision, for the tensor-core floor
     note: str = ""
+    autocast: torch.dtype | None = None  # run the step as under torch.autocast(dtype)
+    # fraction of a kernel argument of this many elements the kernels read (masked inputs)
+    touched: dict[int, float] = field(default_factory=dict)
 
 
 Step = Callable[[], object]
@@ -98,6 +101,7 @@ def _nt_xent_work(batch: int) -> dict[str, dict[str, float]]:
 
 
 _MYNA_BATCH, _MYNA_KEEP, _MYNA_DIM = 4096, 5, 384  # 48 patches of 16 x 16 on 128 x 96, 10 % kept
+_MYNA_TOUCHED = {_MYNA_BATCH * 128 * 96: _MYNA_KEEP / 48}  # the kernels read the kept patches
 
 
 def _patch_embed(autocast: bool) -> Callable[[], Step]:
@@ -112,10 +116,9 @@ def _patch_embed(autocast: bool) -> Callable[[], Step]:
         pos = torch.empty(48, _MYNA_DIM, device=META, dtype=BF16, requires_grad=True)
 
         def step() -> None:
-            # under autocast the model's bf16 weights meet an fp32 spectrogram: the whole input
-            # is cast (what torch.autocast inserts; meta tensors have no autocast of their own)
-            x = spec.to(BF16) if autocast else spec
-            out = masked_patch_embed(x, keep, 16, w, b, pos, norm_eps=1e-6)
+            # autocast: an fp32 spectrogram meets bf16 weights with the walk answering
+            # torch.is_autocast_enabled / get_autocast_dtype as autocast("cuda", bf16) would
+            out = masked_patch_embed(spec, keep, 16, w, b, pos, norm_eps=1e-6)
             out.backward(torch.empty_like(out))
 
         return step
@@ -127,14 +130,18 @@ def _patch_embed_work() -> dict[str, dict[str, float]]:
     return {"_patch_embed": {"mma": 2.0 * _MYNA_BATCH * _MYNA_KEEP * 256 * _MYNA_DIM}}
 
 
-def _gather_backward() -> Step:
-    from muse_fast.ops import gather_tokens
+def _gather_backward(unique: bool) -> Callable[[], Step]:
+    def prepare() -> Step:
+        from muse_fast.ops import gather_tokens
 
-    x = torch.empty(64, 750, 1024, device=META, dtype=BF16, requires_grad=True)
-    keep = torch.empty(64, 75, device=META, dtype=torch.long)
-    out = gather_tokens(x, keep)  # the forward is not what this case measures
-    dy = torch.empty_like(out)
-    return lambda: torch.autograd.grad(out, x, dy, retain_graph=True)
+        x = torch.empty(64, 750, 1024, device=META, dtype=BF16, requires_grad=True)
+        keep = torch.empty(64, 75, device=META, dtype=torch.long)
+        kw = {"unique_indices": True} if unique else {}
+        out = gather_tokens(x, keep, **kw)  # the forward is not what this case measures
+        dy = torch.empty_like(out)
+        return lambda: torch.autograd.grad(out, x, dy, retain_graph=True)
+
+    return prepare
 
 
 def _summary_mixing() -> Step:
@@ -189,6 +196,7 @@ def cases() -> list[Case]:
             _patch_embed(False),
             _patch_embed_work(),
             "bfloat16",
+            touched=_MYNA_TOUCHED,
         ),
         Case(
             "masked_patch_embed",
@@ -196,9 +204,22 @@ def cases() -> list[Case]:
             _patch_embed(True),
             _patch_embed_work(),
             "bfloat16",
+            autocast=BF16,
+            touched=_MYNA_TOUCHED,
         ),
         Case(
-            "gather_tokens", "backward 64·75 of 750 x 1024 bf16", _gather_backward, {}, "bfloat16"
+            "gather_tokens",
+            "backward 64·75 of 750 x 1024 bf16",
+            _gather_backward(False),
+            {},
+            "bfloat16",
+        ),
+        Case(
+            "gather_tokens",
+            "backward 64·75 of 750 x 1024 bf16, unique indices",
+            _gather_backward(True),
+            {},
+            "bfloat16",
         ),
         Case(
             "summary_mixing",

@@ -11,13 +11,16 @@ estimate from compiler output and byte/FLOP counts, never a measurement.
 * Dynamic counts: straight-line code runs once per warp per CTA; an innermost loop runs
   ``iterations`` times, found from the op's work on the loop's anchor (MMA FLOPs per iteration
   from the SASS, else FFMA, else MUFU.EX2). Loops without an anchor count once (a lower bound).
-* Kernel estimate = max(pipes) with memory at 85 % of peak (scaled down linearly when fewer
-  than 16 warps/SM are resident), divided by the wave efficiency waves / ceil(waves) when the
-  grid is under 4 waves, plus 2 us launch latency. Floor = max(bytes / 3.0 TB/s, the op's
+* Kernel estimate = max(pipes), plus 2 us launch latency per launch. Memory runs at 85 % of
+  peak, scaled down linearly when fewer than 16 warps/SM are resident (counting the warps the
+  grid actually puts on each SM); the compute and issue pipes are divided by the wave
+  efficiency waves / ceil(waves) when the grid is under 4 waves. Floor = max(bytes / 3.0 TB/s, the op's
   FLOPs on tensor cores at the input precision, exp / 3.9 T/s) with no launch latency.
-* Bytes: each tensor argument once per kernel (its extent when views overlap); a buffer that
-  one kernel or aten op writes and another reads within the op counts on every launch, at L2
-  bandwidth (~7 TB/s) when it is at most 25 MB (half the L2), else at HBM bandwidth. The
+* Bytes: each tensor argument once per kernel (its extent when views overlap; the touched
+  fraction where a case says a kernel reads only the kept patches); a buffer that aten ops
+  refill between launches (a chunk buffer) counts on every launch. A buffer shared between
+  kernels / aten ops within the op moves at L2 bandwidth (~7 TB/s) when it is at most 25 MB
+  (half the L2), else at HBM bandwidth. The
   floor counts only the op's external tensors (inputs, parameters, outputs, gradients):
   intermediates a fused implementation need not write (spectrum chunks, fp32 scratch, the
   extra copy of ``out=`` FFTs) are free in it.

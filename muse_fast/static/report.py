@@ -36,7 +36,7 @@ def build(only: str | None = None, use_cache: bool = True) -> dict[str, Any]:
     for case in cases():
         if only and only not in case.op:
             continue
-        rows.extend(case_rows(case, capture(case.prepare), use_cache))
+        rows.extend(case_rows(case, capture(case.prepare, case.autocast), use_cache))
     return {
         "target": "sm_90 (H100/H200), Triton AOT compile, no GPU",
         "triton": triton.__version__,
@@ -90,9 +90,10 @@ def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> st
         ratio = f"{r['ratio']:.1f}x" if r["ratio"] else "-"
         if before:
             b = prev.get((r["op"], r["size"], "total"), {})
-            bratio = f"{b['ratio']:.1f}x" if b.get("ratio") else "-"
+            bratio = f"{b['ratio']:.1f}x" if b.get("ratio") and not b.get("error") else "-"
+            best = "walk failed" if b.get("error") else _ms(b.get("est_ms"))
             lines.append(
-                f"| {r['op']} | {r['size']} | {_ms(b.get('est_ms'))} | {_ms(r['est_ms'])} | "
+                f"| {r['op']} | {r['size']} | {best} | {_ms(r['est_ms'])} | "
                 f"{_ms(r['floor_ms'])} | {bratio} | {ratio} | {r['host_syncs']} | {note} |"
             )
         else:
@@ -123,6 +124,9 @@ def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> st
                 )
             cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _targets(rows)
+    if before:
+        lines += _before_after(rows, before["rows"])
     lines += ["", "## Host-side work per op", ""]
     for r in rows:
         if r["kernel"] == "total" and (r["host_ops"] or r["host_syncs"]):
@@ -136,6 +140,61 @@ def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> st
             )
     lines += ["", "## Model", "", "```", report["model"], "```", ""]
     return "\n".join(lines)
+
+
+# issue #16's targets: est / floor at the papers' sizes, per op
+TARGETS = {
+    "random_projection_quantize": 2.0,
+    "nt_xent": 2.5,
+    "mel_spectrogram": 4.0,
+    "masked_patch_embed": 3.0,
+    "gather_tokens": 2.0,
+    "summary_mixing": 1.5,
+}
+
+
+def _targets(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["", "## Targets (estimated ratio est / floor)", ""]
+    out += ["| op | size | ratio | target | met |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r["kernel"] == "total" and r["op"] in TARGETS and r["ratio"]:
+            t = TARGETS[r["op"]]
+            out.append(
+                f"| {r['op']} | {r['size']} | {r['ratio']:.1f}x | <= {t}x | "
+                f"{'yes' if r['ratio'] <= t else 'no'} |"
+            )
+    ks = [r for r in rows if r["kernel"] != "total"]
+    spill = [r["kernel"] for r in ks if r.get("spills") or r.get("stack_bytes")]
+    no_tc = [r["kernel"] for r in ks if r.get("dot_in_source") and not r.get("tensor_core")]
+    out += [
+        "",
+        f"Kernels with spills: {', '.join(spill) or 'none'}. "
+        f"Kernels with a `tl.dot` not on tensor cores: {', '.join(no_tc) or 'none'}.",
+    ]
+    return out
+
+
+def _before_after(rows: list[dict[str, Any]], before: list[dict[str, Any]]) -> list[str]:
+    prev = dict(zip(_keys(before), before))
+    out = ["", "## Before / after per kernel (estimates)", ""]
+    out += [
+        "| op | size | kernel | regs | CTAs/SM | tensor core | instr/tile | est. |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, r in zip(_keys(rows), rows):
+        if r["kernel"] == "total":
+            continue
+        b = prev.get(key) or {}
+        cells = [_ba(r, b, f) for f in ("regs", "ctas_per_sm", "tensor_core")]
+        cells += [_ba(r, b, "instructions_per_tile"), _ba(r, b, "est_ms", _ms)]
+        out.append(f"| {r['op']} | {r['size']} | {r['kernel']} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _ba(now_row: dict[str, Any], old_row: dict[str, Any], field: str, fmt: Any = str) -> str:
+    now = fmt(now_row.get(field))
+    old = fmt(old_row.get(field)) if field in old_row else "-"
+    return now if old == now else f"{old} -> {now}"
 
 
 def check(report: dict[str, Any], baseline: dict[str, Any]) -> list[str]:

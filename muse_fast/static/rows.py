@@ -36,6 +36,7 @@ class _Storages:
     chunked: set[int]  # shared and passed to several launches of one kernel (a chunk buffer)
     resident: set[int]  # shared and at most L2_RESIDENT bytes: stays in L2
     external: set[int]  # inputs, parameters, outputs, gradients (what the floor counts)
+    rewritten: set[int]  # touched by several aten ops (a chunk buffer refilled per launch)
 
     @classmethod
     def of(cls, cap: Capture) -> _Storages:
@@ -49,17 +50,20 @@ class _Storages:
                     sources.setdefault(key, set()).add(lc.name)
                     per_kernel[key, lc.name] = per_kernel.get((key, lc.name), 0) + 1
                     caps[key] = n
+        host_touch: dict[int, int] = {}
         for i, h in enumerate(cap.host_ops):
             for key, _, n in h.tensors:
                 sources.setdefault(key, set()).add(f"host{i}")
+                host_touch[key] = host_touch.get(key, 0) + 1
                 caps[key] = n
         shared = {k for k, v in sources.items() if len(v) > 1}
         chunked = {k for (k, _), n in per_kernel.items() if n > 1 and k in shared}
         resident = {k for k in shared if caps[k] <= M.L2_RESIDENT_BYTES}
-        return cls(shared, chunked, resident, cap.external)
+        rewritten = {k for k, n in host_touch.items() if n > 1}
+        return cls(shared, chunked, resident, cap.external, rewritten)
 
 
-def _kernel_traffic(launches: list[Any], st: _Storages) -> Traffic:
+def _kernel_traffic(launches: list[Any], st: _Storages, touched: dict) -> Traffic:
     t = Traffic()
     once: set[tuple] = set()
     for lc in launches:
@@ -67,8 +71,8 @@ def _kernel_traffic(launches: list[Any], st: _Storages) -> Traffic:
             if not isinstance(a, torch.Tensor):
                 continue
             key, _ = storage_key(a)
-            n = _nbytes(a)
-            if key not in st.shared:  # the same view in every launch is read/written once
+            n = _nbytes(a) * touched.get(a.numel(), 1.0)  # kernels that read a subset
+            if key not in st.rewritten:  # the same view in every launch moves once
                 view = (key, a.storage_offset(), tuple(a.shape), tuple(a.stride()))
                 if view in once:
                     continue
@@ -146,14 +150,17 @@ def _dynamic(info: KernelInfo, ctas: int, work: dict[str, float], mult: int) -> 
 
 def kernel_row(case: Case, launches: list[Any], info: KernelInfo, st: _Storages) -> dict[str, Any]:
     ctas = sum(math.prod(lc.grid) for lc in launches)
-    traffic = _kernel_traffic(launches, st)
+    traffic = _kernel_traffic(launches, st, case.touched)
     nbytes = traffic.hbm + traffic.l2
     work = _hint(case, launches[0])
     dyn = _dynamic(info, ctas, work, _precision_mult(launches[0]))
     occ = M.occupancy(info.regs, info.smem_bytes, info.num_warps)
-    waves, wave_eff = M.wave_efficiency(max(math.prod(lc.grid) for lc in launches), occ.ctas_per_sm)
+    grid_ctas = max(math.prod(lc.grid) for lc in launches)
+    waves, wave_eff = M.wave_efficiency(grid_ctas, occ.ctas_per_sm)
+    # resident warps per SM actually reached (a small grid fills the SMs only partly)
+    achieved = min(grid_ctas / M.SMS, occ.ctas_per_sm) * info.num_warps / M.MAX_WARPS_PER_SM
     pipes = {
-        "memory": traffic.time(M.memory_efficiency(occ.occupancy)),
+        "memory": traffic.time(M.memory_efficiency(achieved)) * wave_eff,
         "mma": dyn["mma_flops"] / M.mma_peak(info.tensor_core) if info.tensor_core else 0.0,
         "ffma": dyn["ffma"] * 64 / M.FFMA_FLOPS,
         "exp": dyn["ex2"] * 32 / M.EXP_PER_S,
