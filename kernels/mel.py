@@ -29,8 +29,6 @@ import triton.language as tl
 
 from ._utils import empty, launch, pow2, tile_config
 
-PAD_MODES = {"constant": 0, "reflect": 1, "replicate": 2, "circular": 3}
-LOG_MODES = {"none": 0, "log": 1, "log1p": 2, "db": 3}
 DOT_PRECISION = "tf32x3"
 
 
@@ -191,12 +189,13 @@ def pad_signal(
     S: int,
     pad: int,
     half: int,
-    pad_mode: str,
+    pad_mode: int,
     check: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x (N, L) any float dtype/strides; row_lengths (N,) int32 -> (buf (N*S,) fp32, flags).
 
-    ``flags`` (int8, one per program, nonzero where a NaN/inf was read) when ``check``."""
+    ``pad_mode``: 0 constant, 1 reflect, 2 replicate, 3 circular. ``flags`` (int8, one per
+    program, nonzero where a NaN/inf was read) when ``check``."""
     n_rows = x.shape[0]
     cfg = tile_config("mel.pad", x.device)
     block = pow2(S, 128, cfg["BLOCK"])
@@ -205,7 +204,7 @@ def pad_signal(
     flags = empty(grid[0] * grid[1] if check else 1, dtype=torch.int8, device=x.device)
     launch(
         _pad_kernel, grid, x, x.stride(0), x.stride(1), row_lengths, buf, flags, S, pad, half,
-        num_warps=cfg["num_warps"], num_stages=1, MODE=PAD_MODES[pad_mode], CHECK=check,
+        num_warps=cfg["num_warps"], num_stages=1, MODE=pad_mode, CHECK=check,
         BLOCK=block,
     )  # fmt: skip
     return buf, (flags if check else None)
@@ -226,12 +225,13 @@ def power_mel(
     n_fft: int,
     scale: float,
     power: float,
-    log: str,
+    log: int,
     log_mult: float,
     hann3: bool,
 ) -> None:
     """spec (F, NF, 2) fp32 contiguous, the chunk of flat frames from ``j0`` -> ``out`` (N, M, T)
-    for rows ``[rows[0], rows[1])`` and, in each, frames ``[frames[0], frames[1])``."""
+    for rows ``[rows[0], rows[1])`` and, in each, frames ``[frames[0], frames[1])``. ``log``: 0
+    none, 1 ln, 2 log1p, 3 dB."""
     nf = spec.shape[1]
     m = fb.shape[1]
     t_out = out.shape[-1]
@@ -245,6 +245,6 @@ def power_mel(
         _power_mel_kernel, grid, spec, fb, band_lo, band_hi, frame_lengths, out, rows[0], t0, t1,
         j0, R, t_out, nf, n_fft, m, scale, power, log_mult,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], HANN3=hann3,
-        POWER_MODE=power_mode, LOG=LOG_MODES[log], PRECISION=DOT_PRECISION, BT=bt, BK=cfg["BK"],
+        POWER_MODE=power_mode, LOG=log, PRECISION=DOT_PRECISION, BT=bt, BK=cfg["BK"],
         BM=bm,
     )  # fmt: skip

@@ -48,11 +48,7 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-_PAD_MODE_ID = {"constant": 0, "reflect": 1, "replicate": 2, "circular": 3}
-_LOG_MODE_ID = {"none": 0, "log": 1, "log1p": 2, "db": 3}
-# C++ backend: complex spectrum per FFT chunk. Smaller chunks stay in cache but each chunk is two
-# OpenMP regions whose barriers cost more than the cache saves on a loaded machine
-# (benchmarks/results/ has the figures).
+# C++ backend: complex spectrum per FFT chunk (why not smaller: docs/design.md, "Mel spectrogram").
 _CPU_CHUNK_BYTES = 16 << 20
 
 
@@ -134,7 +130,7 @@ def _triton_kernels() -> _Kernels:
     from muse_fast.kernels import mel as K
 
     def pad(x, row_lengths, S, r, check):
-        return K.pad_signal(x, row_lengths, S, r.pad, r.half, r.pad_mode, check)
+        return K.pad_signal(x, row_lengths, S, r.pad, r.half, r.pad_mode_id, check)
 
     return _Kernels(pad, K.power_mel, K.chunk_bytes)
 
@@ -146,7 +142,7 @@ def _cpu_kernels() -> _Kernels:
         buf = empty(x.shape[0] * S, dtype=torch.float32, device=x.device)
         bad = ext().mel_pad(
             ptr(x), dtype_name(x), x.shape[0], x.stride(0), x.stride(1), ptr(row_lengths),
-            ptr(buf), S, r.pad, r.half, _PAD_MODE_ID[r.pad_mode],
+            ptr(buf), S, r.pad, r.half, r.pad_mode_id,
         )  # fmt: skip
         if bad and check:
             raise ValueError("waveform: contains NaN or inf")
@@ -157,7 +153,7 @@ def _cpu_kernels() -> _Kernels:
         del rows, frames  # the C++ kernel walks flat frames and skips the gaps between rows
         ext().mel_power_mel(
             ptr(spec), spec.shape[0], j0, R, out.shape[-1], n_fft, ptr(fb), ptr(lo), ptr(hi),
-            fb.shape[1], ptr(flen), ptr(out), scale, power, _LOG_MODE_ID[log], log_mult, hann3,
+            fb.shape[1], ptr(flen), ptr(out), scale, power, log, log_mult, hann3,
         )  # fmt: skip
 
     return _Kernels(pad, power_mel, lambda device: _CPU_CHUNK_BYTES)
@@ -211,22 +207,9 @@ def _fused(kernels: _Kernels, waveform: Tensor, lengths: Tensor | None, r: Resol
         # (cnt, nf, 2): re/im pairs of the one-sided spectrum
         spec = torch.view_as_real(torch.fft.rfft(fr if w is None else fr * w, n=r.n_fft))
         kernels.power_mel(
-            spec,
-            fb,
-            lo,
-            hi,
-            flen32,
-            out,
-            rows=(row0, row0 + nr),
-            frames=(t0, t1),
-            j0=j0,
-            R=R,
-            n_fft=r.n_fft,
-            scale=scale.get(r.normalized, 1.0),
-            power=r.power,
-            log=r.log,
-            log_mult=20.0 / r.power,
-            hann3=hann3,
+            spec, fb, lo, hi, flen32, out, rows=(row0, row0 + nr), frames=(t0, t1), j0=j0, R=R,
+            n_fft=r.n_fft, scale=scale.get(r.normalized, 1.0), power=r.power, log=r.log_id,
+            log_mult=20.0 / r.power, hann3=hann3,
         )  # fmt: skip
         del spec  # the next chunk's FFT reuses this block while it is still in L2
     if flags and bool(torch.cat(flags).any()):  # only when checking (free on the CPU)

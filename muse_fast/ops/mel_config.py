@@ -90,6 +90,16 @@ class ResolvedMel:
     top_db: float | None
 
     @property
+    def pad_mode_id(self) -> int:
+        """The kernels' id of ``pad_mode``: its index in ``PAD_MODES``."""
+        return PAD_MODES.index(self.pad_mode)
+
+    @property
+    def log_id(self) -> int:
+        """The kernels' id of ``log``: 0 none, 1 log, 2 log1p, 3 db."""
+        return LOG_MODES.index(None if self.log == "none" else self.log)
+
+    @property
     def half(self) -> int:
         """Center padding on each side."""
         return self.n_fft // 2 if self.center else 0
