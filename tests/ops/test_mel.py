@@ -656,3 +656,24 @@ def test_config_first_api_and_preset_shim():
         mel_spectrogram(x, n_ftt=512)
     with pytest.raises(ValueError, match="n_fft"):
         MelConfig(n_fft=1)
+
+
+def test_triton_backend_dry_run_on_meta():
+    """The static report walks the Triton backend on meta tensors with the CUDA tiles: no host
+    sync may happen (reading a meta tensor would raise), one pad and one power/mel launch per
+    chunk (here one 30 s row per chunk), and no launch beyond those."""
+    from dataclasses import astuple
+
+    from muse_fast.kernels._utils import record_launches
+
+    from muse_fast._backend import get_op
+    from muse_fast.ops import mel_config
+
+    r = mel_config("musicfm").resolved()
+    x = torch.empty(3, 30 * 24000, device="meta")
+    with record_launches(dry=True) as launches, tiles("cuda"):
+        mel, fl = get_op("mel_spectrogram").impl("triton")(x, None, *astuple(r), False)
+    assert mel.shape == (3, 128, 3001) and mel.device.type == "meta"
+    names = [launch.name for launch in launches]
+    assert names == ["_pad_kernel", "_power_mel_kernel"] * 3, names
+    assert launches[1].constexprs["PRECISION"] == "tf32x3"
