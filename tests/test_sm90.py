@@ -32,7 +32,7 @@ from muse_fast.static.variants import variants
 
 rows = []
 for case in cases() + variants():
-    rows.extend(case_rows(case, capture(case.prepare)))
+    rows.extend(case_rows(case, capture(case.prepare, case.autocast)))
 with open(sys.argv[1], "w") as f:
     json.dump(rows, f, default=str)
 """
@@ -87,9 +87,8 @@ def test_every_op_walks_and_every_kernel_compiles(rows):
 # the other assertions stay enforced while the op owners fix them; a kernel NOT listed here that
 # spills fails the test, and `muse-fast bench --static --check` fails on every spill.
 KNOWN_SPILLS = {
-    ("nt_xent", "_bwd_kernel", "fp32"),  # tf32x3 backward at 4 warps: 255 regs + stack
-    ("masked_patch_embed", "_patch_scatter_kernel", "spec grad"),
-    ("span_mask", "_span_noise_kernel", "noise fill"),
+    ("nt_xent", "_bwd_kernel", "fp32"),  # tf32x3 backward, 4 warps: 255 regs, 208 B stack
+    ("span_mask", "_span_noise_kernel", "noise fill"),  # 40 STL/LDL, 32 B stack at 48 regs
 }
 
 
