@@ -138,7 +138,10 @@ def test_nt_xent_forward_and_backward_use_wgmma(rows):
 
 def test_mel_kernels_compile_for_every_mode(rows):
     ks = _kernels(rows, "mel_spectrogram")
-    assert {r["constexprs"]["MODE"] for r in ks if r["kernel"] == "_pad_kernel"} == {0, 1, 2, 3}
+    pad = [r for r in ks if r["kernel"] == "_pad_kernel"]
+    assert {r["constexprs"]["MODE"] for r in pad} == {0, 1, 2, 3}
+    for r in pad:  # no GPU-wide fence, no atomics at the end of every CTA
+        assert r["atom"] == 0 and r["membar"] == 0, r
     power = [r for r in ks if r["kernel"] == "_power_mel_kernel"]
     assert {r["constexprs"]["LOG"] for r in power} >= {0, 1, 2, 3}
     assert {r["constexprs"]["HANN3"] for r in power} == {True, False}
@@ -157,6 +160,16 @@ def test_summary_mixing_kernels_bf16_masked_and_fp32_unmasked(rows):
         ks = _kernels(rows, "summary_mixing", size)
         assert {r["kernel"] for r in ks} >= names, ks
         assert all(r["constexprs"].get("HAS_MASK") == has_mask for r in ks)
+
+
+def test_patch_embed_runs_the_non_interpreter_path_on_tensor_cores(rows):
+    """The CUDA configuration takes neither interpreter workaround (bf16 dot upcast, truncating
+    cast) and its dot runs on tensor cores in the input precision, fp32 input included."""
+    ks = [r for r in _kernels(rows, "masked_patch_embed") if r["kernel"] == "_patch_embed_kernel"]
+    assert len(ks) >= 3  # bf16, fp32 under autocast, the spec-grad variant
+    for r in ks:
+        assert not r["constexprs"].get("UPCAST_DOT") and not r["constexprs"].get("ROUND_BF16"), r
+        assert r["tensor_core"] and r["tensor_core"].endswith("bf16"), r
 
 
 def test_masking_kernels_are_covered(rows):
