@@ -170,6 +170,7 @@ def test_patch_embed_runs_the_non_interpreter_path_on_tensor_cores(rows):
     for r in ks:
         assert not r["constexprs"].get("UPCAST_DOT") and not r["constexprs"].get("ROUND_BF16"), r
         assert r["tensor_core"] and r["tensor_core"].endswith("bf16"), r
+        assert r["cvt"] > 0, r  # fp32 -> bf16 on load / the LayerNorm'd patch to bf16
 
 
 def test_masking_kernels_are_covered(rows):

@@ -209,6 +209,7 @@ def kernel_row(case: Case, launches: list[Any], info: KernelInfo, st: _Storages)
         "bar": c["bar"],
         "atom": c["atom"],
         "membar": c["membar"],
+        "cvt": c.get("cvt", 0),
         "bytes": int(nbytes),
         "bytes_hbm": int(traffic.hbm),
         "bytes_l2": int(traffic.l2),

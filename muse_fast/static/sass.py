@@ -43,6 +43,7 @@ CLASSES: dict[str, tuple[str, ...]] = {
     "atom": ("ATOM", "RED", "ATOMG"),
     "membar": ("MEMBAR",),
     "spill": ("STL", "LDL"),
+    "cvt": ("F2F", "F2FP", "F2I", "I2F"),
 }
 
 
@@ -229,7 +230,7 @@ def compile_launch(launch: Any, use_cache: bool = True) -> tuple[KernelInfo, str
     fn, signature, constexprs, attrs, options = specialize(launch)
     src = ASTSource(fn, signature, constexprs, attrs)
     key = hashlib.sha256(
-        f"{src.hash()}-{sorted(options.items())}-{triton.__version__}-v2".encode()
+        f"{src.hash()}-{sorted(options.items())}-{triton.__version__}-v3".encode()
     ).hexdigest()[:32]
     path = cache_dir() / f"{key}.json"
     if use_cache and path.exists():
