@@ -247,3 +247,17 @@ def test_cli_check_fails_on_a_doctored_baseline(tmp_path):
         cmd, env=_clean_env(), capture_output=True, text=True, timeout=900, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_tree_does_not_regress_against_the_committed_report(rows):
+    """The CI gate of #16: at the papers' sizes, no spill and no kernel whose CTAs/SM,
+    occupancy or instructions per tile regressed against benchmarks/results/sm90-static/.
+    A deliberate change is accepted by regenerating the report (`muse-fast bench --static`)
+    and committing it."""
+    from muse_fast.static.report import check
+
+    if not COMMITTED.exists():
+        pytest.skip("no committed report")
+    paper = [r for r in rows if not r["size"].startswith("variant")]
+    problems = check({"rows": paper}, json.loads(COMMITTED.read_text()))
+    assert not problems, "\n".join(problems)
