@@ -154,11 +154,23 @@ TILES: dict[str, dict[str, dict[str, int]]] = {
     },
     # -- patch_embed
     "patch_embed.embed": {
-        "cuda": {"BLOCK_M": 32, "BLOCK_N": 128, "ELEMS": 8192, "W_BYTES": 1 << 16,
-                 "num_warps": 8, "num_stages": 2},
-        "interpreter": {"BLOCK_M": 128, "BLOCK_N": 512, "ELEMS": 1 << 17, "W_BYTES": 1 << 22,
-                        "num_warps": 4, "num_stages": 1},
-    },  # fmt: skip
+        "cuda": {
+            "BLOCK_M": 32,
+            "BLOCK_N": 128,
+            "ELEMS": 8192,
+            "W_BYTES": 1 << 16,
+            "num_warps": 8,
+            "num_stages": 2,
+        },
+        "interpreter": {
+            "BLOCK_M": 128,
+            "BLOCK_N": 512,
+            "ELEMS": 1 << 17,
+            "W_BYTES": 1 << 22,
+            "num_warps": 4,
+            "num_stages": 1,
+        },
+    },
     "patch_embed.gather": {
         "cuda": {"BLOCK_M": 32, "ELEMS": 8192, "num_warps": 4, "num_stages": 1},
         "interpreter": {"BLOCK_M": 256, "ELEMS": 1 << 18, "num_warps": 4, "num_stages": 1},
