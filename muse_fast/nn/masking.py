@@ -1,4 +1,5 @@
-"""Modules over :mod:`muse_fast.ops.masking`: MAE-style token masking and span masking."""
+"""MAE-style token masking and span masking: modules over :mod:`muse_fast.ops.token_mask`
+and :mod:`muse_fast.ops.span_mask`."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class TokenMasker(nn.Module):
         keep = random_token_mask(
             B, L, self.mask_ratio, generator=generator, seed=seed, device=x.device
         )
-        return gather_tokens(x, keep), keep
+        return gather_tokens(x, keep, unique_indices=True), keep  # a random subset: no repeats
 
     def extra_repr(self) -> str:
         return f"mask_ratio={self.mask_ratio}"
