@@ -221,13 +221,15 @@ class Myna(C.EncoderModel):
             losses = []
             for which in range(len(self.embeds)):
                 # each view masked independently: one random mask per row of the 2B batch
-                z = self.linear_head(self._encode(spec, which, mask=True).mean(dim=1)).float()
+                # (2B, D), bf16 under autocast: the loss kernels accumulate in fp32
+                z = self.linear_head(self._encode(spec, which, mask=True).mean(dim=1))
                 z1, z2 = z[:b], z[b:]
                 if cfg.loss == "nt_xent":
                     losses.append(self.criterion(z1, z2))
                 else:
                     losses.append(self.criterion(z1, z2, index.to(z.device)))
-            return losses[0] if len(losses) == 1 else sum(losses) / len(losses)
+            loss = losses[0] if len(losses) == 1 else sum(losses) / len(losses)
+            return loss.float()  # the scalar in fp32 (logged, compared across runs)
 
     forward = loss
 

@@ -102,8 +102,9 @@ class ViT1D(C.EncoderModel):
         cfg = self.config
         views, b = C.two_view_batch(batch, cfg.segment_samples)  # (2B, S)
         with self._backend():
-            z = self._encode(self.spectrogram(views, cfg.n_frames))[:, 0].float()  # (2B, D)
-            return self.criterion(z[:b], z[b:])
+            # class tokens (2B, D), bf16 under autocast: the loss kernels accumulate in fp32
+            z = self._encode(self.spectrogram(views, cfg.n_frames))[:, 0]
+            return self.criterion(z[:b], z[b:]).float()  # the scalar in fp32
 
     forward = loss
 

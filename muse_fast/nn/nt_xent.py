@@ -30,7 +30,6 @@ from torch import nn
 
 from ..ops._checks import check_float, check_int, check_same_device, check_tensor
 from ..ops.nt_xent import (
-    _check_pair,  # GlobalContrastiveLoss's; NTXentLoss uses the public check_pair
     check_pair,
     global_contrastive_loss_rows,
     nt_xent,
@@ -174,7 +173,7 @@ class GlobalContrastiveLoss(nn.Module):
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         rank, world = _world() if self.gather_distributed else (0, 1)
-        n = _check_pair(z1, z2, self.temperature, self.normalize, min_pairs=2 if world == 1 else 1)
+        n = check_pair(z1, z2, self.temperature, self.normalize, min_pairs=2 if world == 1 else 1)
         check_tensor("index", index, shape=(n,), dtypes=(torch.int64, torch.int32))
         check_same_device(z1=z1, index=index, log_u=self.log_u)
         if index.device.type == "cpu" and index.numel():

@@ -176,9 +176,6 @@ def check_pair(
     return n
 
 
-_check_pair = check_pair  # transition alias: muse_fast.nn.GlobalContrastiveLoss still imports it
-
-
 def _stacked_example(device: torch.device) -> torch.Tensor:
     return torch.randn(16, 32, device=device)  # (M = 2·8, D)
 
