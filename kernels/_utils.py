@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import triton
 
-from muse_fast._runtime import empty  # noqa: F401  (kernels allocate through here)
+from muse_fast._runtime import acc_dtype, empty  # noqa: F401  (kernels use these from here)
 from muse_fast._runtime import triton_interpret as interpret
 
 __all__ = [
@@ -55,11 +55,6 @@ _tile_mode: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 def pow2(v: int, lo: int = 1, hi: int = 1 << 30) -> int:
     """``next_power_of_2(v)`` clamped to ``[lo, hi]`` (``lo`` and ``hi`` powers of two)."""
     return max(lo, min(hi, triton.next_power_of_2(max(int(v), 1))))
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of a kernel: float64 for float64 inputs, float32 for everything else."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _mode() -> str:

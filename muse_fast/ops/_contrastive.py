@@ -25,18 +25,13 @@ import torch.nn.functional as F
 
 from .._backend import declare
 from .._ext import dtype_name
-from .._runtime import empty
+from .._runtime import acc_dtype, empty
 
 NORM_EPS = 1e-12  # F.normalize's eps
 
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _SYM_ACC_BYTES = 256 << 20  # largest per-thread gradient accumulators the symmetric path takes
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 inputs, float32 for everything else."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ------------------------------------------------------------------------------------------

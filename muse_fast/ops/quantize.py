@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import declare
-from .._runtime import empty
+from .._runtime import acc_dtype, empty
 from ._checks import FLOATING, check_same_device, check_tensor
 
 __all__ = ["random_projection_quantize", "random_projection_quantize_reference"]
@@ -58,10 +58,6 @@ def _out_shape(x: torch.Tensor, projection: torch.Tensor) -> tuple[int, ...]:
     return lead if projection.dim() == 2 else (*lead, projection.shape[0])
 
 
-def _compute_dtype(*ts: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
-
-
 def random_projection_quantize_reference(
     x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor
 ) -> torch.Tensor:
@@ -80,7 +76,7 @@ def random_projection_quantize_reference(
     proj, cb, single = _as_groups(projection, codebook)
     n_groups, d, _ = proj.shape
     n_codes = cb.shape[1]
-    ct = _compute_dtype(x, projection, codebook)
+    ct = acc_dtype(x, projection, codebook)
     chat = F.normalize(cb.to(ct), dim=-1, eps=_NORM_EPS)
     x2 = x.reshape(-1, d)
     n_rows = x2.shape[0]
@@ -168,7 +164,7 @@ def _finish(out: torch.Tensor, x: torch.Tensor, projection: torch.Tensor) -> tor
 
 
 def _kernel_check(x: torch.Tensor, projection: torch.Tensor, codebook: torch.Tensor) -> str | None:
-    if _compute_dtype(x, projection, codebook) == torch.float64:
+    if acc_dtype(x, projection, codebook) == torch.float64:
         return "float64 inputs run on the reference (the kernels compute in float32)"
     if x.dtype not in _KERNEL_DTYPES:
         return f"x: dtype {str(x.dtype).replace('torch.', '')} is not float32/bfloat16/float16"

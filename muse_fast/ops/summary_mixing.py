@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import declare
+from .._runtime import acc_dtype
 from ._checks import FLOATING, check_float, check_same_device, check_tensor
 
 __all__ = [
@@ -61,11 +62,6 @@ Tensor = torch.Tensor
 # ============================================================================================
 # masked mean over time
 # ============================================================================================
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 for float64, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _mask_weights(mask: Tensor | None, B: int, T: int, like: Tensor) -> Tensor:
@@ -192,12 +188,12 @@ def _reference_parts(
     rep = s.unsqueeze(1).repeat(1, T, 1)  # (B, T, Ds): the T-fold copy
     z = F.linear(torch.cat([local, rep], dim=-1), weight, bias)  # (B, T, Dout)
     y = F.gelu(z) * m
-    return y, z, sbar.to(_acc(local.dtype))
+    return y, z, sbar.to(acc_dtype(local.dtype))
 
 
 def _dropout_scale(B: int, D: int, p: float, like: Tensor) -> Tensor:
     """Inverted-dropout multipliers (B, D) in the accumulation dtype: 0 w.p. p, else 1 / (1 - p)."""
-    keep = torch.empty(B, D, dtype=_acc(like.dtype), device=like.device).bernoulli_(1.0 - p)
+    keep = torch.empty(B, D, dtype=acc_dtype(like.dtype), device=like.device).bernoulli_(1.0 - p)
     return keep.div_(1.0 - p)
 
 
@@ -242,7 +238,7 @@ def summary_mixing_reference(
 
 def _mean_torch(x: Tensor, mask: Tensor | None) -> Tensor:
     """Masked mean over time → (B, D) in the accumulation dtype."""
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     if mask is None:
         return x.mean(1, dtype=acc)
     n = mask.sum(1, keepdim=True).clamp_min(1).to(acc)  # (B, 1)
@@ -274,7 +270,7 @@ def _add_gelu_mask_backward_torch(
     dy: Tensor, z: Tensor, mask: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     dz = _zero_padded_rows(torch.ops.aten.gelu_backward(dy, z).contiguous(), mask)
-    return dz, dz.sum(1, dtype=_acc(dz.dtype))
+    return dz, dz.sum(1, dtype=acc_dtype(dz.dtype))
 
 
 def _mean_backward_torch(dmean: Tensor, mask: Tensor | None, T: int, dtype) -> Tensor:
@@ -284,13 +280,13 @@ def _mean_backward_torch(dmean: Tensor, mask: Tensor | None, T: int, dtype) -> T
 def _mean_triton(x: Tensor, mask: Tensor | None) -> Tensor:
     from ..kernels import summary_mixing as K
 
-    return K.masked_mean(x, mask, out_dtype=_acc(x.dtype))
+    return K.masked_mean(x, mask, out_dtype=acc_dtype(x.dtype))
 
 
 def _fused_forward(local, summary, weight, bias, mask, scale, mean, add_gelu):
     """The split-weight forward with ``mean`` / ``add_gelu`` from the torch or Triton backend."""
     Dl = local.shape[-1]
-    acc = _acc(local.dtype)
+    acc = acc_dtype(local.dtype)
     # the summary term, once per utterance, in float32 (float64) whatever the input dtype
     sbar = mean(summary, mask)  # (B, Ds)
     s = sbar * scale if scale is not None else sbar
@@ -394,7 +390,7 @@ def _sm_fake(local, summary, weight, bias, mask, scale):
     return (
         local.new_empty(B, T, Dout),
         local.new_empty(B, T, Dout),
-        summary.new_empty(B, summary.shape[-1], dtype=_acc(summary.dtype)),
+        summary.new_empty(B, summary.shape[-1], dtype=acc_dtype(summary.dtype)),
     )
 
 
