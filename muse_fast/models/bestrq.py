@@ -240,7 +240,7 @@ class BestRQ(C.EncoderModel):
         self.frame_hop = cfg.token_samples  # 960 samples: 25 Hz tokens
         self.embed_dim = cfg.dim
         self.mel = mnn.MelSpectrogram(
-            preset="musicfm", n_mels=cfg.n_mels, hop_length=cfg.hop_length, n_fft=cfg.n_fft
+            "musicfm", n_mels=cfg.n_mels, hop_length=cfg.hop_length, n_fft=cfg.n_fft
         )
         # waveform span masking (no parameters); the token-level mask is drawn from its seed
         self.span_masker = mnn.SpanMasker(

@@ -166,7 +166,7 @@ class Myna(C.EncoderModel):
         self.transformer = C.Transformer(cfg.dim, cfg.depth, cfg.heads, cfg.dim_head, cfg.mlp_dim)
         self.linear_head = nn.Linear(cfg.dim, cfg.proj_dim)
         self.mel = mnn.MelSpectrogram(
-            preset="myna",
+            "myna",
             n_mels=cfg.n_mels,
             hop_length=cfg.hop_length,
             n_fft=cfg.n_fft,

@@ -75,7 +75,7 @@ class ViT1D(C.EncoderModel):
         self.sample_rate = cfg.sample_rate
         self.segment_samples = cfg.segment_samples
         self.mel = mnn.MelSpectrogram(
-            preset="myna", n_mels=cfg.n_mels, hop_length=cfg.hop_length, n_fft=cfg.n_fft
+            "myna", n_mels=cfg.n_mels, hop_length=cfg.hop_length, n_fft=cfg.n_fft
         )
         self.frame_hop = self.mel.hop_length
         self.embed_dim = cfg.dim

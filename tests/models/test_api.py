@@ -91,7 +91,7 @@ def _count(name: str, **kw) -> int:
     from muse_fast.nn import MelSpectrogram
 
     for preset in ("myna", "musicfm"):  # the mel filterbanks are built (and cached) on the CPU
-        MelSpectrogram(preset=preset)
+        MelSpectrogram(preset)
     try:
         with torch.device("meta"):
             model = M.create(name, **kw)
