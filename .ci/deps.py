@@ -86,6 +86,7 @@ def resolve(out: Path) -> int:
 
 def compare(known_path: Path, other_path: Path, label: str) -> int:
     known, other = read_versions(known_path), read_versions(other_path)
+    other = {n: v for n, v in other.items() if n not in BOOTSTRAP}
     changed = sorted(n for n in known.keys() & other.keys() if known[n] != other[n])
     added = sorted(other.keys() - known.keys())
     gone = sorted(known.keys() - other.keys())
