@@ -59,6 +59,9 @@ class Capture:
     # storages that exist outside the step (inputs, parameters, outputs, gradients): the
     # floor counts only these; everything else is an intermediate a fused op need not write
     external: set[int] = field(default_factory=set)
+    # every tensor seen stays referenced until the rows are built, so no storage is freed and
+    # its address (the storage identity used here) reused by a later allocation
+    keep: list[torch.Tensor] = field(default_factory=list, repr=False)
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -131,6 +134,7 @@ class _Recorder(TorchDispatchMode):
             return
         outs = _tensors(out)
         ins = _tensors((args, kwargs))
+        self.cap.keep.extend(ins + outs)
         aliases = (
             any(o.untyped_storage()._cdata == i.untyped_storage()._cdata for o in outs for i in ins)
             and not func._schema.is_mutable
