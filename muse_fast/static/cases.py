@@ -40,7 +40,7 @@ def _mel() -> Step:
     from muse_fast.ops import mel_spectrogram
 
     wave = torch.empty(4096, 30 * 24000, device=META)
-    return lambda: mel_spectrogram(wave, preset="musicfm")
+    return lambda: mel_spectrogram(wave, "musicfm")
 
 
 _MEL_FRAMES = 4096 * 3001  # center=True: 1 + 720000 // 240

@@ -20,7 +20,7 @@ def _mel(**kw: object) -> Callable[[], Step]:
         from muse_fast.ops import mel_spectrogram
 
         wave = torch.empty(3, 24001, device=META)
-        return lambda: mel_spectrogram(wave, preset="musicfm", **kw)
+        return lambda: mel_spectrogram(wave, "musicfm", **kw)
 
     return prepare
 

@@ -6,10 +6,11 @@ import os
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from muse_fast.data import AudioFolder, ResumableSampler, crop_seed, load_audio
+
+sf = pytest.importorskip("soundfile")  # not installed on every machine (the GPU one)
 
 
 def _tone(sr: int, seconds: float, freq: float = 440.0, channels: int = 1) -> np.ndarray:

@@ -93,7 +93,7 @@ def test_masked_encoder_sees_only_kept_tokens(name):
 def test_vit_s_masking_counts():
     cfg = M.config_for("myna-hybrid")
     assert (cfg.n_mels, cfg.n_frames, cfg.mask_ratio) == (128, 96, 0.9)
-    from muse_fast.ops.masking import num_kept_tokens
+    from muse_fast.ops import num_kept_tokens
 
     assert num_kept_tokens((128 // 16) * (96 // 16), cfg.mask_ratio) == 4
     assert num_kept_tokens(96 // 2, cfg.mask_ratio) == 4
