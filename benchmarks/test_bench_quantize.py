@@ -12,7 +12,7 @@ Variants (``measure`` rows):
   vector-quantize-pytorch   ``vector_quantize_pytorch.RandomProjectionQuantizer`` when installed
                             (skipped otherwise; it is not a dependency)
 GPU only: ``fused-tf32`` / ``fused-ieee`` time the Triton kernel at the other dot precisions and
-note their agreement with float64 (the default is tf32x3, see docs/parts/quantize.md).
+note their agreement with float64 (the default is tf32x3, see docs/design.md ("Quantizer")).
 
     python -m pytest benchmarks/test_bench_quantize.py --benchmark -q     [-s for the TF32 table]
 """
@@ -183,7 +183,7 @@ def _mm_tf32x3(p, q):
 
 
 def test_bench_tf32_emulated_agreement(bench_device, quick, capsys):
-    """The precision table of docs/parts/quantize.md: rows whose code changes with the dot precision."""
+    """The precision table of docs/design.md ("Quantizer"): rows whose code changes with the dot precision."""
     n_rows = 2_000 if quick else 20_000
     x, a, c = _inputs(n_rows, torch.device("cpu"))
     c_hat = F.normalize(c, dim=-1)
