@@ -1,4 +1,4 @@
-"""The papers' encoders and pre-training objectives, built on muse_fast ops (SPEC §2).
+"""The papers' encoders and pre-training objectives, built on muse_fast ops (docs/design.md, "Models").
 
 >>> import muse_fast.models as M
 >>> M.list_models()

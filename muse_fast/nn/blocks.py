@@ -1,4 +1,4 @@
-"""Encoder blocks (SPEC §2): Conformer and Branchformer, each with an attention or a SummaryMixing
+"""Encoder blocks (docs/design.md, "Models"): Conformer and Branchformer, each with an attention or a SummaryMixing
 mixer, and their parts (rotary multi-head self-attention, convolutional gating MLP, Conformer
 convolution module, macaron feed-forward).
 
@@ -360,7 +360,7 @@ def _make_mixer(
 
 
 class ConformerBlock(nn.Module):
-    """Conformer block (Gulati et al.), pre-norm macaron form (SPEC §2)::
+    """Conformer block (Gulati et al.), pre-norm macaron form (docs/design.md, "Models")::
 
         x = x + ½·FFN(x)
         x = x + dropout(mixer(LN(x), mask))
@@ -412,7 +412,7 @@ class ConformerBlock(nn.Module):
 
 
 class BranchformerBlock(nn.Module):
-    """Branchformer block (Peng et al. 2022; SPEC §2)::
+    """Branchformer block (Peng et al. 2022; docs/design.md, "Models")::
 
         x1 = dropout(mixer(LN₁(x), mask))              global branch
         x2 = dropout(cgMLP(LN₂(x), mask))              local branch (depthwise conv, kernel 31)

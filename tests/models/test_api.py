@@ -103,7 +103,7 @@ def _count(name: str, **kw) -> int:
 @pytest.mark.parametrize(
     "name,kw,expected",
     [
-        # SPEC §2 / Myna: vit-s ≈ 22 M, vit-b ≈ 85 M (the hybrid adds a second small embedding)
+        # Myna paper: vit-s ≈ 22 M, vit-b ≈ 85 M (the hybrid adds a second small embedding)
         ("myna-base", {}, 22e6),
         ("myna-vertical", {}, 22e6),
         ("myna-hybrid", {}, 22e6),

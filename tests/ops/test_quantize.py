@@ -65,7 +65,7 @@ def _run(backend, x, a, c):
 # Reference semantics, pinned independently
 # ---------------------------------------------------------------------------------------------
 def _bruteforce64(x, a, c):
-    """SPEC §1.2 literally in float64: argmin of explicit squared differences (no cdist)."""
+    """The definition (docs/design.md, "Quantizer") literally in float64: argmin of explicit squared differences (no cdist)."""
     y_hat = F.normalize(x.double() @ a.double(), dim=-1)
     c_hat = F.normalize(c.double(), dim=-1)
     dist2 = ((y_hat[..., None, :] - c_hat) ** 2).sum(-1)
@@ -84,7 +84,7 @@ def test_reference_is_the_distance_argmin_of_the_spec():
 
 
 def test_argmax_form_equals_distance_form():
-    """What the kernels compute (argmax of dots with C^) is the SPEC's argmin of distances."""
+    """What the kernels compute (argmax of dots with C^) is the defining argmin of distances."""
     x, a, c = _inputs((400,), 32, 500, 16)
     argmax = _scores64(x, a, c).argmax(-1)
     assert torch.equal(argmax, _bruteforce64(x, a, c))
