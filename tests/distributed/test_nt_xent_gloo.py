@@ -4,6 +4,7 @@ the loss on the concatenated batch, and identical SogCLR state on every rank."""
 
 from __future__ import annotations
 
+import gc
 import os
 import traceback
 
@@ -71,6 +72,9 @@ def _worker(rank: int, init_file: str, seed: int, steps: int, backends, errors) 
         expect = _single_process(seed, steps)
         for backend in backends:
             _check_backend(rank, seed, steps, backend, expect)
+        # DDP reducers (kept alive by reference cycles) must release the gloo group before it
+        # is destroyed: a reducer collected at interpreter exit aborted the process once in 35.
+        gc.collect()
         dist.barrier()
     except BaseException:
         errors.put(f"rank {rank}: {traceback.format_exc()}")
