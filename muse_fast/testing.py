@@ -98,17 +98,12 @@ def assert_within_eager_error(
     )
 
 
-def empty_poisoned(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    """``torch.empty`` filled by :func:`poison`; kernels' launchers use it when
-    ``MUSE_FAST_POISON=1`` so tests catch outputs a kernel forgot to write."""
-    return poison(torch.empty(*shape, dtype=dtype, device=device))
-
-
 def kernel_cases(op_name: str) -> list:
     """pytest params ``(backend, device)`` for every kernel that exists for ``op_name``.
 
     ``("triton", "cuda")`` on a GPU machine, ``("triton", "cpu")`` under the interpreter,
-    ``("cpu", "cpu")`` where the C++ extension has a kernel for that op.
+    ``("cpu", "cpu")`` where the C++ extension has a kernel for that op, ``("torch", "cpu")``
+    where the op has a pure-PyTorch fast path (the ``torch`` slot).
     """
     import pytest
 
@@ -122,4 +117,6 @@ def kernel_cases(op_name: str) -> list:
         )
     if op.cpu is not None:
         cases.append(pytest.param("cpu", "cpu", id="cpp"))
+    if op.torch is not None:
+        cases.append(pytest.param("torch", "cpu", id="torch"))
     return cases

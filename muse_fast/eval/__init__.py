@@ -1,5 +1,7 @@
 """Evaluation of frozen embeddings (``muse-fast probe``; docs/design.md, "Evaluation").
 
+* :mod:`~muse_fast.eval.task` — what a task is (:class:`Task`, :class:`Track`) and the helpers
+  the folder adapters share (audio listing, readability, split files, random splits).
 * :mod:`~muse_fast.eval.datasets` — tasks: GiantSteps key, GTZAN, MagnaTagATune folder adapters
   and built-in synthetic key / beat / chord tasks (:func:`get_task`, :data:`TASKS`).
 * :mod:`~muse_fast.eval.features` — chunked encoder embeddings (per track or per frame, any

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import Task, Track
+from .task import Task, Track
 
 __all__ = [
     "EncoderFeatures",

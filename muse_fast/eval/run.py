@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from . import metrics as M
-from .datasets import SPLITS, Task, Track
 from .features import FeatureExtractor, extract
 from .probes import Probe, ProbeSettings, fit_probe
+from .task import SPLITS, Task, Track
 
 __all__ = ["PRIMARY", "BEAT_THRESHOLDS", "format_table", "probe_task", "score"]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from muse_fast.eval import HandcraftedFeatures, Track, format_table, get_task, probe_task, score
-from muse_fast.eval.datasets import Task
 from muse_fast.eval.run import stack
+from muse_fast.eval.task import Task
 
 ONE = {"lr": (1e-2,), "weight_decay": (0.0,)}
 

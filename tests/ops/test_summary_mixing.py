@@ -48,11 +48,6 @@ def _fwd_bwd(fn, args, mask, dy, **kw):
     return (y, *grads)
 
 
-def _cases(op_name: str) -> list:
-    """The kernels of ``op_name`` plus its pure-PyTorch fast path (the ``torch`` slot)."""
-    return kernel_cases(op_name) + [pytest.param("torch", "cpu", id="torch")]
-
-
 _NAMES = ("y", "local", "summary", "weight", "bias")
 
 
@@ -126,7 +121,7 @@ def test_rows_without_valid_frames_are_zero_not_nan():
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend,device", _cases("summary_mixing"))
+@pytest.mark.parametrize("backend,device", kernel_cases("summary_mixing"))
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("masked", [True, False], ids=["mask", "nomask"])
 def test_fused_matches_reference(backend, device, shape, masked):
@@ -181,7 +176,7 @@ def test_triton_cuda_tiles(shape):
         assert_close(dx, dxr.float())  # m / n: one rounding, exact up to an ulp
 
 
-@pytest.mark.parametrize("backend,device", _cases("summary_mixing"))
+@pytest.mark.parametrize("backend,device", kernel_cases("summary_mixing"))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_within_eager_error(backend, device, dtype):
     shape = (2, 29, 16, 12, 20)
@@ -204,7 +199,7 @@ def test_low_precision_within_eager_error(backend, device, dtype):
         assert_within_eager_error(g, e, r, factor=factor, atol=1e-3, msg=f"{name}: ")
 
 
-@pytest.mark.parametrize("backend,device", _cases("masked_mean"))
+@pytest.mark.parametrize("backend,device", kernel_cases("masked_mean"))
 @pytest.mark.parametrize("shape", [(1, 1, 1), (4, 33, 19), (2, 300, 40)], ids=str)
 def test_masked_mean_kernel(backend, device, shape):
     B, T, D = shape
