@@ -25,12 +25,11 @@ with every negative pair, a 2B × 2B(2B − 2) fp32 matrix (34 GB at B = 1024, c
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 import muse_fast
+from muse_fast.benchmark import memory_limit
 from muse_fast.ops import (
     global_contrastive_loss,
     global_contrastive_loss_reference,
@@ -50,17 +49,6 @@ def _batches(device: torch.device, quick: bool) -> list[int]:
     return sizes[:1] if quick else sizes
 
 
-def _free_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 16 * 2**30
-
-
 def _eager_bytes(batch: int, variant: str) -> tuple[float, str]:
     """The variant's working set in bytes and how it is made up."""
     n = 2 * batch
@@ -72,7 +60,7 @@ def _eager_bytes(batch: int, variant: str) -> tuple[float, str]:
 
 def _skip_if_eager_does_not_fit(batch: int, variant: str, device: torch.device) -> None:
     need, what = _eager_bytes(batch, variant)
-    limit = min(0.85 * _free_bytes(device), 16 * 2**30 if device.type == "cpu" else math.inf)
+    limit = memory_limit(device)
     if need > limit:
         pytest.skip(
             f"{variant} B={batch} needs ~{need / 2**30:.0f} GB ({what}); "

@@ -9,8 +9,9 @@ Variants (``measure`` rows):
                             (the literal distance form; 2^24 distances per chunk)
   eager-argmax              chunked eager matmul + argmax (the cheapest eager form a user would
                             write; same chunk size)
-  vector-quantize-pytorch   ``vector_quantize_pytorch.RandomProjectionQuantizer`` when installed
-                            (skipped otherwise; it is not a dependency)
+  vector-quantize-pytorch   ``vector_quantize_pytorch.RandomProjectionQuantizer`` (the ``bench``
+                            extra; skipped when not installed, and where its ~4 copies of the
+                            N × n distance matrix exceed ``memory_limit``: N = 2e5 on a CPU)
 GPU only: ``fused-tf32`` / ``fused-ieee`` time the Triton kernel at the other dot precisions and
 note their agreement with float64 (the default is tf32x3, see docs/design.md ("Quantizer")).
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import muse_fast
+from muse_fast.benchmark import memory_limit
 from muse_fast.ops import quantize as Q
 from muse_fast.ops import random_projection_quantize, random_projection_quantize_reference
 
@@ -64,7 +66,16 @@ def _eager_argmax(x, a, c):
     )
 
 
+VQP_COPIES = 4.0  # its peak in units of one N x n fp32 distance matrix (measure_peak_memory)
+
+
 def _vqp(x, a, c):
+    need = VQP_COPIES * x.shape[0] * c.shape[0] * 4
+    if need > memory_limit(x.device):
+        pytest.skip(
+            f"vector-quantize-pytorch N={x.shape[0]} needs ~{need / 2**30:.0f} GB "
+            f"(N x n fp32 x {VQP_COPIES:g}); limit here {memory_limit(x.device) / 2**30:.0f} GB"
+        )
     try:
         from vector_quantize_pytorch import RandomProjectionQuantizer as VQ
     except ImportError:

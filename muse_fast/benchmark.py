@@ -18,6 +18,7 @@ versions and commit, and rendered as markdown by :func:`render_markdown`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gc
 import json
@@ -138,6 +139,25 @@ def measure_peak_memory(fn: Callable[[], Any], device: torch.device | str = "cpu
         del out
         return int(peak)
     return _cpu_peak_bytes(fn)
+
+
+CPU_BASELINE_CAP = 16 * 2**30  # a baseline's working set on a CPU, at most (CI machines: 24 GiB)
+
+
+def memory_limit(device: torch.device | str = "cpu") -> float:
+    """Bytes a benchmark may let one baseline call take: 85 % of the free memory (CUDA:
+    ``mem_get_info``; CPU: ``MemAvailable``), on a CPU at most :data:`CPU_BASELINE_CAP`. Baselines
+    whose measured working set is above it are skipped rather than left to the OOM killer."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return 0.85 * free
+    free = CPU_BASELINE_CAP / 0.85
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    return min(0.85 * free, CPU_BASELINE_CAP)
 
 
 def device_name(device: torch.device | str = "cpu") -> str:

@@ -322,3 +322,13 @@ def test_progress_plugin_counts_items(tmp_path):
     assert plugin.total == 5 and plugin.finished == 5
     assert "5/5" in buf.getvalue()
     sys.modules.pop("test_tiny", None)
+
+
+def test_memory_limit_is_85_percent_of_the_free_memory_capped_on_cpu():
+    from muse_fast.benchmark import CPU_BASELINE_CAP, memory_limit
+
+    with open("/proc/meminfo") as f:
+        avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+    want = min(0.85 * avail, CPU_BASELINE_CAP)
+    assert 0 < memory_limit("cpu") <= CPU_BASELINE_CAP
+    assert abs(memory_limit("cpu") - want) < 2**28  # MemAvailable moves between the two reads

@@ -1,4 +1,4 @@
-"""mel_spectrogram against torchaudio (MelSpectrogram + AmplitudeToDB), librosa and float64;
+"""mel_spectrogram against torchaudio (MelSpectrogram + AmplitudeToDB), librosa, nnAudio and float64;
 the Triton (interpreter) and C++ kernels against the reference; lengths, presets, stack_frames,
 bad inputs, autograd, torch.compile, nn.MelSpectrogram."""
 
@@ -189,6 +189,22 @@ def test_myna_preset_matches_librosa():
     y = mel_spectrogram(x, "myna")
     ours64 = mel_spectrogram_reference(x.double(), "myna")
     assert_within_eager_error(y, ours64, ref, factor=2.0, atol=1e-5)
+
+
+def test_myna_preset_matches_nnaudio():
+    """Myna's own mel, nnAudio's ``MelSpectrogram(sr=16000, n_mels=128)`` then log1p, on a
+    2 x 50 000-sample batch (Myna crops). nnAudio's STFT is an fp32 convolution: every kernel may
+    be at most 2x as far from the float64 reference as nnAudio is, and that close to nnAudio."""
+    nn_mel = pytest.importorskip("nnAudio.features.mel")
+    x = signal(2, n=50000, sr=16000)
+    theirs = torch.log1p(nn_mel.MelSpectrogram(sr=16000, n_mels=128, verbose=False)(x))
+    ref = mel_spectrogram_reference(x.double(), "myna")
+    nn_err = (theirs.double() - ref).abs().max().item()
+    for backend, _ in (p.values for p in KERNELS):
+        y = run(backend, x, "myna")
+        assert y.shape == theirs.shape, backend
+        assert_within_eager_error(y, ref, theirs, factor=2.0, atol=1e-6, msg=f"{backend}: ")
+        assert (y - theirs).abs().max().item() <= 3 * nn_err + 1e-6, backend
 
 
 # ----------------------------------------------------------------------------------------------
