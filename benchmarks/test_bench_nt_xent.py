@@ -15,10 +15,10 @@ the C++ kernels on CPU — the Triton interpreter is never timed):
 
 Modes: forward (no grad) and fwd+bwd (gradients to z1, z2). Batches: GPU 256 … 65536, CPU 256 …
 16384. An eager variant is skipped where its working set would not fit (more than 16 GB, or 85 %
-of the free memory): copies of the 2B × 2B fp32 matrix, measured at B = 1024 fwd+bwd, 3.1 for
-the reference and 4.3 for lightly (its four B × B blocks and their concatenation);
-pytorch-metric-learning's NTXentLoss pairs every positive
-with every negative pair, a 2B × 2B(2B − 2) fp32 matrix (34 GB at B = 1024, cubic in B).
+of the free memory, ``memory_limit``): copies of the 2B × 2B fp32 matrix, measured at B = 1024
+fwd+bwd, 3.1 for the reference and 4.3 for lightly (its four B × B blocks and their
+concatenation); pytorch-metric-learning's NTXentLoss pairs every positive with every negative
+pair, a 2B × 2B(2B − 2) fp32 matrix (34 GB at B = 1024, cubic in B).
 
     python -m pytest benchmarks/test_bench_nt_xent.py --benchmark -q
 """
@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import muse_fast
-from muse_fast.benchmark import memory_limit
+from muse_fast.benchmark import skip_unless_fits
 from muse_fast.ops import (
     global_contrastive_loss,
     global_contrastive_loss_reference,
@@ -60,12 +60,7 @@ def _eager_bytes(batch: int, variant: str) -> tuple[float, str]:
 
 def _skip_if_eager_does_not_fit(batch: int, variant: str, device: torch.device) -> None:
     need, what = _eager_bytes(batch, variant)
-    limit = memory_limit(device)
-    if need > limit:
-        pytest.skip(
-            f"{variant} B={batch} needs ~{need / 2**30:.0f} GB ({what}); "
-            f"limit here {limit / 2**30:.0f} GB"
-        )
+    skip_unless_fits(need, f"{variant} B={batch} ({what})", device)
 
 
 def _rounds(batch: int, device: torch.device) -> dict:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import muse_fast
-from muse_fast.benchmark import memory_limit
+from muse_fast.benchmark import skip_unless_fits
 from muse_fast.ops import quantize as Q
 from muse_fast.ops import random_projection_quantize, random_projection_quantize_reference
 
@@ -70,18 +70,15 @@ VQP_COPIES = 4.0  # its peak in units of one N x n fp32 distance matrix (measure
 
 
 def _vqp(x, a, c):
-    need = VQP_COPIES * x.shape[0] * c.shape[0] * 4
-    if need > memory_limit(x.device):
-        pytest.skip(
-            f"vector-quantize-pytorch N={x.shape[0]} needs ~{need / 2**30:.0f} GB "
-            f"(N x n fp32 x {VQP_COPIES:g}); limit here {memory_limit(x.device) / 2**30:.0f} GB"
-        )
     try:
         from vector_quantize_pytorch import RandomProjectionQuantizer as VQ
     except ImportError:
         pytest.skip(
             "vector-quantize-pytorch is not installed (not a dependency): variant not measured"
         )
+    need = VQP_COPIES * x.shape[0] * c.shape[0] * 4
+    what = f"vector-quantize-pytorch N={x.shape[0]} (N x n fp32 x {VQP_COPIES:g})"
+    skip_unless_fits(need, what, x.device)
     # its own random projection and codebook (same sizes); indices only
     q = VQ(dim=D, num_codebooks=1, codebook_dim=H, codebook_size=N_CODES).to(x.device).eval()
 

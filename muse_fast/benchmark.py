@@ -160,6 +160,16 @@ def memory_limit(device: torch.device | str = "cpu") -> float:
     return min(0.85 * free, CPU_BASELINE_CAP)
 
 
+def skip_unless_fits(need: float, what: str, device: torch.device | str = "cpu") -> None:
+    """``pytest.skip`` a baseline whose working set ``need`` (bytes; ``what`` says how it is
+    made up) is above :func:`memory_limit` on ``device``."""
+    limit = memory_limit(device)
+    if need > limit:
+        import pytest
+
+        pytest.skip(f"{what}: needs ~{need / 2**30:.0f} GB; limit here {limit / 2**30:.0f} GB")
+
+
 def device_name(device: torch.device | str = "cpu") -> str:
     dev = torch.device(device)
     if dev.type == "cuda":

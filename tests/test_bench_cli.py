@@ -332,3 +332,11 @@ def test_memory_limit_is_85_percent_of_the_free_memory_capped_on_cpu():
     want = min(0.85 * avail, CPU_BASELINE_CAP)
     assert 0 < memory_limit("cpu") <= CPU_BASELINE_CAP
     assert abs(memory_limit("cpu") - want) < 2**28  # MemAvailable moves between the two reads
+
+
+def test_skip_unless_fits_skips_only_above_the_limit():
+    from muse_fast.benchmark import memory_limit, skip_unless_fits
+
+    skip_unless_fits(0.5 * memory_limit("cpu"), "half the limit", "cpu")
+    with pytest.raises(pytest.skip.Exception, match="twice the limit: needs"):
+        skip_unless_fits(2 * memory_limit("cpu"), "twice the limit", "cpu")
